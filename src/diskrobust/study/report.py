@@ -1,0 +1,178 @@
+"""The study's tables, figures and Markdown report, read from each arm's evaluation results.
+
+Rows are arms ({P3, P5, P10} x {std, rand, adv_r, adv_s, adv_rs}), columns the IND epsilons,
+one table per metric, as in the paper; plus the OOD results per arm.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from diskrobust.study.grid import Arm, StudyConfig
+from diskrobust.study.results import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from diskrobust.study.runner import ArmOutcome
+
+# metric -> (title, the attacked head whose curve the table shows, digits, lower is better)
+STUDY_METRICS: dict[str, tuple[str, str, int, bool]] = {
+    "point_error_px": ("Mean point distance (px) under PGD on the point head", "points", 2, True),
+    "polygon_dice": ("Dice of the predicted contour's polygon under PGD on the point head", "points", 3, False),
+    "seg_dice": ("Dice of the segmentation head under PGD on the segmentation head", "seg", 3, False),
+}
+OOD_METRICS = {"point_error_px": "point distance to the target (px)", "polygon_dice": "polygon Dice vs the target",
+               "seg_dice": "seg Dice vs the target"}
+
+
+def load_arm_aggregate(arm_dir: Path) -> dict | None:
+    path = arm_dir / "eval" / "aggregate.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _ind_group(agg: dict, head: str, norm: str = "linf") -> dict | None:
+    for g in agg.get("groups", []):
+        if g["sweep"] == "ind" and g["head"] == head and (g.get("norm") == norm or g["attack"] == norm):
+            return g
+    return None
+
+
+def _fmt(v: Any, digits: int) -> str:
+    return "n/a" if v is None or not math.isfinite(float(v)) else f"{float(v):.{digits}f}"
+
+
+def ind_table(results: dict[Arm, dict], metric: str) -> tuple[list[str], list[float]]:
+    """Markdown lines of one metric's table and its epsilon columns."""
+    title, head, digits, _ = STUDY_METRICS[metric]
+    eps_all = sorted({e for agg in results.values() if (g := _ind_group(agg, head)) for e in g["eps"]})
+    header = ["arm"] + [f"eps {e:g}" for e in eps_all] + ["AUC"]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm, agg in results.items():
+        g = _ind_group(agg, head)
+        if g is None:
+            lines.append("| " + " | ".join([arm.name] + ["n/a"] * (len(header) - 1)) + " |")
+            continue
+        cells = [arm.name]
+        for e in eps_all:
+            cells.append(_fmt(g["metrics"][metric]["mean"][g["eps"].index(e)], digits) if e in g["eps"] else "")
+        cells.append(_fmt(g["auc"][metric], 4))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines, eps_all
+
+
+def ood_table(results: dict[Arm, dict]) -> list[str]:
+    """Per arm and start kind: how closely the attacked output matches its IND target (at the largest budget)."""
+    lines = ["### OOD attack: how closely the output on an attacked non-spine image matches the IND target", "",
+             "Lower point distance and higher Dice mean the network was fooled more completely.", "",
+             "| arm | start | L2 eps | " + " | ".join(OOD_METRICS.values()) + " | start-image distance (px) |",
+             "|---|---|---|" + "---|" * (len(OOD_METRICS) + 1)]
+    for arm, agg in results.items():
+        for g in agg.get("groups", []):
+            if g["sweep"] != "ood":
+                continue
+            i = len(g["eps"]) - 1
+            before = g["metrics"]["point_error_px"]["mean"][0] if g["eps"][0] == 0 else float("nan")
+            cells = [arm.name, g["attack"], f"{g['eps'][i]:g}"]
+            cells += [_fmt(g["metrics"][m]["mean"][i], 2 if m == "point_error_px" else 3) for m in OOD_METRICS]
+            cells.append(_fmt(before, 2))
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_error_curves(results: dict[Arm, dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted({a.shape_modes for a in results})
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.5 * len(levels), 3.8), sharey=True, squeeze=False)
+    for ax, k in zip(axes[0], levels):
+        for arm, agg in results.items():
+            g = _ind_group(agg, "points")
+            if arm.shape_modes != k or g is None:
+                continue
+            ax.plot(g["eps"], g["metrics"]["point_error_px"]["mean"], marker="o", label=arm.method)
+        ax.set_title(f"P{k}")
+        ax.set_xlabel("L-inf epsilon")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean point distance (px)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("IND PGD on the point head: error vs budget")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_shape_variation(results: dict[Arm, dict], out: Path, eps: float = 0.07) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    methods = list(dict.fromkeys(a.method for a in results))
+    for method in methods:
+        xs, ys = [], []
+        for arm, agg in sorted(results.items(), key=lambda kv: kv[0].shape_modes):
+            g = _ind_group(agg, "points")
+            if arm.method != method or g is None:
+                continue
+            # nearest evaluated epsilon to the paper's training budget
+            i = int(np.argmin([abs(e - eps) for e in g["eps"]]))
+            xs.append(arm.shape_modes)
+            ys.append(g["metrics"]["point_error_px"]["mean"][i])
+        if xs:
+            ax.plot(xs, ys, marker="o", label=method)
+    ax.set_xlabel("PCA modes in the shape augmentation")
+    ax.set_ylabel(f"mean point distance (px) at eps {eps:g}")
+    ax.set_title("Robustness vs shape variation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_study_report(cfg: StudyConfig, outcomes: list["ArmOutcome"]) -> Path:
+    """Write tables (Markdown + JSON), figures and report.md under cfg.output_dir; return report.md."""
+    out = cfg.output_dir
+    results = {o.arm: agg for o in outcomes
+               if o.status in ("done", "skipped") and (agg := load_arm_aggregate(cfg.arm_dir(o.arm))) is not None
+               and (o.arm.method in cfg.methods)}
+    lines = [f"# Study report: {cfg.name}", ""]
+    if cfg.description:
+        lines += [cfg.description, ""]
+    if cfg.reduced:
+        lines += ["**Reduced from the paper's protocol in this profile:**", ""] + [f"- {r}" for r in cfg.reduced] + [""]
+    lines += ["## Arms", "", "| arm | status | train + evaluate (s) |", "|---|---|---|"]
+    for o in outcomes:
+        status = o.status if o.status != "failed" else "FAILED: " + (o.error.splitlines() or [""])[0]
+        lines.append(f"| {o.arm.name} | {status} | {_fmt(sum(o.stages.values()), 0) if o.stages else ''} |")
+    lines += ["", f"Each arm's logs, checkpoints and TensorBoard events lie under `{out / 'arms'}`; "
+              f"compare them with `tensorboard --logdir {out / 'arms'}`.", ""]
+    tables: dict[str, Any] = {}
+    if results:
+        lines += ["## IND robustness (PGD, L-inf)", ""]
+        for metric in STUDY_METRICS:
+            table, eps = ind_table(results, metric)
+            lines += table + [""]
+            tables[metric] = {arm.name: (g := _ind_group(agg, STUDY_METRICS[metric][1])) and
+                              {"eps": g["eps"], "mean": g["metrics"][metric]["mean"], "auc": g["auc"][metric]}
+                              for arm, agg in results.items()}
+        lines += ["## OOD attack", ""] + ood_table(results) + [""]
+        figs = [plot_error_curves(results, out / "error_vs_eps.png"), plot_shape_variation(results, out / "shape_variation.png")]
+        lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs] + [""]
+    else:
+        lines += ["No arm finished its evaluation: no tables."]
+    atomic_write_json(out / "study_tables.json", {"config": cfg.to_dict(), "tables": tables,
+                                                  "arms": {o.arm.name: o.status for o in outcomes}})
+    report = out / "report.md"
+    atomic_write_text(report, "\n".join(lines) + "\n")
+    return report
