@@ -19,3 +19,16 @@ def meta_schema() -> Path:
     if not path.exists():
         pytest.fail(f"bundle metadata schema not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory) -> Path:
+    """A small phantom dataset (6 subjects, T2, 256 x 256 px at 1.2 mm, seed 0; split 4/1/1): its folder.
+
+    Holds images/, labels/, contours/, datalist.json and phantom.json (see docs/data.md). Read-only for tests.
+    """
+    from diskrobust.data.phantom import PhantomConfig, write_phantom_dataset
+
+    out = tmp_path_factory.mktemp("tiny_phantom")
+    write_phantom_dataset(out, subjects=6, seed=0, config=PhantomConfig(shape=(256, 256), spacing_mm=(1.2, 1.2)), progress=False)
+    return out

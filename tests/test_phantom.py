@@ -1,0 +1,360 @@
+"""The lumbar MR phantom: determinism, anatomy ranges, contour order, labels, contrast, files and CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.draw import polygon as fill_polygon
+
+from diskrobust.data.dataset_io import load_datalist, read_contours_json, read_image
+from diskrobust.data.errors import DataError
+from diskrobust.data.phantom import (
+    DISK_HEIGHT_ANTERIOR_MM,
+    DISK_HEIGHT_MIDDLE_MM,
+    DISK_HEIGHT_POSTERIOR_MM,
+    DISK_LENGTH_MM,
+    DISK_LEVELS,
+    PhantomConfig,
+    ensure_phantom,
+    generate_subject,
+    render_subject_png,
+    subject_seeds,
+    write_phantom_dataset,
+)
+
+SMALL = PhantomConfig(shape=(256, 256), spacing_mm=(1.2, 1.2))
+
+
+@pytest.fixture(scope="module")
+def subjects_small():
+    return [generate_subject(s, SMALL) for s in range(8)]
+
+
+@pytest.fixture(scope="module")
+def subject_full():
+    return generate_subject(3)  # default 512 x 512 at 0.6 mm
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _disk_measures(p: np.ndarray) -> dict[str, float]:
+    """Heights and length (mm) from a 176-point contour, as the paper measures them."""
+    return {
+        "anterior": float(np.linalg.norm(p[0] - p[44])),
+        "posterior": float(np.linalg.norm(p[88] - p[132])),
+        "middle": float(np.linalg.norm(p[66] - p[154])),  # mid-points of the two endplates
+        "length": float(np.linalg.norm((p[0] + p[44]) / 2 - (p[88] + p[132]) / 2)),
+    }
+
+
+def _fill(points: np.ndarray, shape) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    rr, cc = fill_polygon(points[:, 1], points[:, 0], shape)
+    m[rr, cc] = True
+    return m
+
+
+# ------------------------------------------------------------------------------------------ config and API
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="weighting"):
+        PhantomConfig(weighting="pd")
+    with pytest.raises(ValueError, match="field of view"):
+        PhantomConfig(shape=(256, 256), spacing_mm=(0.6, 0.6))
+    with pytest.raises(ValueError, match="spacing_mm must be positive"):
+        PhantomConfig(spacing_mm=(0.6, -1))
+    with pytest.raises(ValueError, match="shape must have two values"):
+        PhantomConfig(shape=(512,))
+    with pytest.raises(ValueError, match="noise_sigma"):
+        PhantomConfig(noise_sigma=(0.05, 0.01))
+    with pytest.raises(ValueError, match="unknown PhantomConfig fields"):
+        PhantomConfig.from_dict({"shape": [512, 512], "colour": "red"})
+    assert PhantomConfig.from_dict(PhantomConfig(weighting="T1").to_dict()) == PhantomConfig(weighting="t1")
+    with pytest.raises(ValueError, match="seed"):
+        generate_subject(-1, SMALL)
+
+
+def test_subject_layout(subject_full):
+    s = subject_full
+    assert s.image.shape == (512, 512) and s.image.dtype == np.float32 and np.isfinite(s.image).all()
+    assert s.label.shape == (512, 512) and s.label.dtype == np.uint16
+    assert s.spacing_mm == (0.6, 0.6) and s.affine.shape == (4, 4)
+    assert [d["level"] for d in s.disks] == list(DISK_LEVELS)
+    assert [d["label"] for d in s.disks] == [201, 202, 203, 204, 205]
+    for d in s.disks:
+        assert d["points_px"].shape == (176, 2)
+        np.testing.assert_allclose(d["points_mm"], d["points_px"] * 0.6)
+    json.dumps(s.params)  # JSON-serialisable
+    assert {"sacral_slope_deg", "rotation_deg", "disks", "vertebrae", "noise_sigma"} <= set(s.params)
+
+
+# ------------------------------------------------------------------------------------------ determinism
+
+
+def test_same_seed_same_arrays_different_seed_different():
+    a, b, c = generate_subject(11, SMALL), generate_subject(11, SMALL), generate_subject(12, SMALL)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.label, b.label)
+    for da, db in zip(a.disks, b.disks):
+        np.testing.assert_array_equal(da["points_px"], db["points_px"])
+    assert a.params == b.params
+    assert not np.array_equal(a.image, c.image)
+    assert not np.allclose(a.disks[0]["points_px"], c.disks[0]["points_px"])
+
+
+def test_subject_seeds_do_not_depend_on_the_count():
+    assert subject_seeds(5, 3) == subject_seeds(5, 7)[:3]
+    assert len(set(subject_seeds(5, 50))) == 50
+    assert subject_seeds(5, 3) != subject_seeds(6, 3)
+
+
+def test_dataset_files_are_byte_identical_for_the_same_seed(tmp_path):
+    cfg = SMALL
+    a = write_phantom_dataset(tmp_path / "a", subjects=3, seed=7, config=cfg, progress=False, workers=2).parent
+    b = write_phantom_dataset(tmp_path / "b", subjects=3, seed=7, config=cfg, progress=False, workers=1).parent
+    c = write_phantom_dataset(tmp_path / "c", subjects=3, seed=8, config=cfg, progress=False, workers=1).parent
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) == 3 * 3 + 2
+    assert sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) == files
+    for rel in files:
+        assert _sha(a / rel) == _sha(b / rel), f"{rel} differs between two runs with the same seed"
+    assert _sha(a / "images/sub-0000.nii.gz") != _sha(c / "images/sub-0000.nii.gz")
+
+
+# ------------------------------------------------------------------------------------------ anatomy
+
+
+def test_disk_geometry_inside_published_ranges(subjects_small, subject_full):
+    measured = []
+    for s in subjects_small + [subject_full]:
+        for d in s.disks:
+            m = _disk_measures(d["points_mm"])
+            measured.append(m)
+            assert DISK_LENGTH_MM[0] - 0.05 <= m["length"] <= DISK_LENGTH_MM[1] + 0.05, (d["level"], m)
+            assert DISK_HEIGHT_ANTERIOR_MM[0] - 0.05 <= m["anterior"] <= DISK_HEIGHT_ANTERIOR_MM[1] + 0.05, (d["level"], m)
+            assert DISK_HEIGHT_POSTERIOR_MM[0] - 0.05 <= m["posterior"] <= DISK_HEIGHT_POSTERIOR_MM[1] + 0.05, (d["level"], m)
+            assert DISK_HEIGHT_MIDDLE_MM[0] - 0.3 <= m["middle"] <= DISK_HEIGHT_MIDDLE_MM[1] + 0.3, (d["level"], m)
+            # lordotic wedge: taller in front
+            assert m["anterior"] > m["posterior"]
+    # and the subjects really vary
+    assert np.ptp([m["anterior"] for m in measured]) > 3.0 and np.ptp([m["length"] for m in measured]) > 1.5
+
+
+def test_params_match_the_contours(subjects_small):
+    for s in subjects_small:
+        for d, p in zip(s.disks, s.params["disks"]):
+            m = _disk_measures(d["points_mm"])
+            assert m["anterior"] == pytest.approx(p["height_anterior_mm"], abs=0.02)
+            assert m["posterior"] == pytest.approx(p["height_posterior_mm"], abs=0.02)
+            assert m["middle"] == pytest.approx(p["height_middle_mm"], abs=0.3)
+
+
+def test_column_is_lordotic_and_ordered(subjects_small):
+    for s in subjects_small:
+        centres = np.array([d["points_px"].mean(0) for d in s.disks])
+        assert np.all(np.diff(centres[:, 1]) < 0), "disks from the bottom must go up the image"
+        # endplate angles: L5/S1 tilts (posterior higher) more than L1/L2: the lordotic curve
+        angle = [np.degrees(np.arctan2(-(p[88] - p[44])[1], (p[88] - p[44])[0])) for p in (d["points_px"] for d in s.disks)]
+        assert angle[0] > angle[4] + 15.0
+        assert angle[0] > 10.0  # the sacral endplate rises posteriorly
+        assert 20.0 < s.params["lordosis_deg"] < 65.0
+
+
+# ------------------------------------------------------------------------------------------ contour order
+
+
+def test_contour_point_order(subjects_small, subject_full):
+    for s in subjects_small + [subject_full]:
+        for d, params in zip(s.disks, s.params["disks"]):
+            p = d["points_px"]
+            anterior, inferior, posterior, superior = (p[i * 44 : (i + 1) * 44] for i in range(4))
+            assert anterior[:, 0].mean() < posterior[:, 0].mean()  # anterior is on the left
+            assert superior[:, 1].mean() < inferior[:, 1].mean()  # superior is at the top
+            # point 0 is the anterior-superior corner: left of the posterior corners, above the inferior ones
+            assert p[0, 0] < min(p[88, 0], p[132, 0]) and p[0, 1] < p[44, 1]
+            assert p[44, 0] < p[88, 0] and p[132, 1] < p[88, 1]
+            # the four corners are where the outline turns most
+            v_in, v_out = p - np.roll(p, 1, axis=0), np.roll(p, -1, axis=0) - p
+            cross = v_in[:, 0] * v_out[:, 1] - v_in[:, 1] * v_out[:, 0]
+            turn = np.degrees(np.abs(np.arctan2(cross, (v_in * v_out).sum(1))))
+            assert turn[[0, 44, 88, 132]].min() > 25.0, d["level"]
+            if params["herniation_mm"] == 0:  # a herniation's tip may turn as sharply as a corner
+                assert set(np.argsort(turn)[-4:]) == {0, 44, 88, 132}, d["level"]
+            # each side equally spaced by arc length
+            for k in range(4):
+                side = np.concatenate([p[k * 44 : (k + 1) * 44], p[[((k + 1) * 44) % 176]]])
+                step = np.linalg.norm(np.diff(side, axis=0), axis=1)
+                assert step.std() / step.mean() < 0.05
+            # same orientation for every disk (anterior down, inferior to the back, posterior up)
+            area = 0.5 * np.sum(p[:, 0] * np.roll(p[:, 1], -1) - np.roll(p[:, 0], -1) * p[:, 1])
+            assert area < 0
+
+
+# ------------------------------------------------------------------------------------------ labels
+
+
+@pytest.mark.parametrize("which", ["small", "full"])
+def test_labels_and_contour_agree(which, subjects_small, subject_full):
+    subjects = subjects_small[:3] if which == "small" else [subject_full]
+    for s in subjects:
+        present = set(np.unique(s.label).tolist())
+        assert {1, 2, 3, 4, 5, 100, 201, 202, 203, 204, 205} <= present
+        for d in s.disks:
+            fill = _fill(d["points_px"], s.label.shape)
+            mask = s.label == d["label"]
+            dice = 2 * (fill & mask).sum() / (fill.sum() + mask.sum())
+            assert dice >= 0.97, (d["level"], dice)
+        # vertebrae from the bottom: L5 (1) lies below L1 (5), each between its disks
+        rows = {k: np.nonzero(s.label == k)[0].mean() for k in (1, 5, 201, 202, 205)}
+        assert rows[201] > rows[1] > rows[202] and rows[5] > rows[205] or rows[5] < rows[205]
+        assert rows[1] > rows[5]
+        # the canal lies posterior (right) of the disks
+        assert np.nonzero(s.label == 100)[1].mean() > np.nonzero(s.label == 203)[1].mean()
+
+
+# ------------------------------------------------------------------------------------------ contrast
+
+
+def _csf_and_marrow(s) -> tuple[float, float]:
+    """Median signal of CSF (canal between the L4/L5 and L2/L3 disks: below the conus) and of vertebral marrow."""
+    from scipy import ndimage
+
+    marrow = ndimage.binary_erosion(np.isin(s.label, [1, 2, 3, 4, 5]), iterations=3)
+    canal = ndimage.binary_erosion(s.label == 100, iterations=1)
+    rows = np.arange(s.label.shape[0])[:, None]
+    canal &= (rows < s.disks[1]["points_px"][:, 1].mean()) & (rows > s.disks[3]["points_px"][:, 1].mean())
+    return float(np.median(s.image[canal])), float(np.median(s.image[marrow]))
+
+
+def _nucleus_and_annulus(image: np.ndarray, pts: np.ndarray) -> tuple[float, float]:
+    """Mean signal of the disk's core (outline shrunk to 25 %) and of its outer ring (outside 80 %)."""
+    c = pts.mean(0)
+    core = _fill(c + 0.25 * (pts - c), image.shape)
+    rim = _fill(pts, image.shape) & ~_fill(c + 0.8 * (pts - c), image.shape)
+    return float(image[core].mean()), float(image[rim].mean())
+
+
+def test_t2_and_t1_contrast():
+    for seed in (0, 1, 2):
+        t2 = generate_subject(seed, SMALL)
+        t1 = generate_subject(seed, PhantomConfig(shape=(256, 256), spacing_mm=(1.2, 1.2), weighting="t1"))
+        # the anatomy is the same for both weightings
+        np.testing.assert_array_equal(t1.label, t2.label)
+        csf2, marrow2 = _csf_and_marrow(t2)
+        csf1, marrow1 = _csf_and_marrow(t1)
+        assert csf2 > 1.2 * marrow2, "CSF must be brighter than marrow on T2"
+        assert csf1 < 0.6 * marrow1, "CSF must be darker than marrow on T1"
+        assert 0.6 < csf2 < 1.5  # raw signal, CSF ~ 1
+        for d, p in zip(t2.disks, t2.params["disks"]):
+            if p["grade"] <= 2:
+                nuc, ann = _nucleus_and_annulus(t2.image, d["points_px"])
+                assert nuc > 1.5 * ann, f"seed {seed} {d['level']}: a healthy nucleus must be brighter than the annulus on T2"
+
+
+def test_degenerated_nucleus_is_darker_on_t2():
+    from diskrobust.data.phantom import NUCLEUS_T2_BY_GRADE
+
+    assert NUCLEUS_T2_BY_GRADE[1] > NUCLEUS_T2_BY_GRADE[2] > NUCLEUS_T2_BY_GRADE[3] > NUCLEUS_T2_BY_GRADE[4]
+    grades, ratio = [], []
+    for seed in range(6):
+        s = generate_subject(seed, SMALL)
+        for d, p in zip(s.disks, s.params["disks"]):
+            nuc, ann = _nucleus_and_annulus(s.image, d["points_px"])
+            grades.append(p["grade"])
+            ratio.append(nuc / ann)
+    grades, ratio = np.array(grades), np.array(ratio)
+    assert {1, 2} <= set(grades.tolist()) and (grades >= 3).any()
+    assert ratio[grades <= 2].mean() > ratio[grades >= 3].mean() + 0.3
+
+
+# ------------------------------------------------------------------------------------------ files and CLI
+
+
+def test_tiny_phantom_dataset_reads_back(tiny_phantom):
+    datalist = tiny_phantom / "datalist.json"
+    counts = {k: len(v) for k, v in json.loads(datalist.read_text()).items()}
+    assert counts == {"training": 4, "validation": 1, "test": 1}
+    meta_doc = json.loads((tiny_phantom / "phantom.json").read_text())
+    assert meta_doc["seed"] == 0 and meta_doc["config"]["shape"] == [256, 256]
+    entry = load_datalist(datalist, "validation")[0]
+    img, meta = read_image(entry["image"])
+    lab, _ = read_image(entry["label"])
+    assert img.shape == (256, 256) and meta["spacing_mm"] == (1.2, 1.2)
+    # the contract's affine: row -> -S, col -> -A, slice -> +R
+    aff = meta["affine"]
+    assert aff[2, 0] == pytest.approx(-1.2) and aff[1, 1] == pytest.approx(-1.2) and aff[0, 2] > 0
+    contours = read_contours_json(entry["contours"], img.shape)
+    assert [d["label"] for d in contours["disks"]] == [201, 202, 203, 204, 205]
+    # what is on disk is what generate_subject makes for the subject's seed
+    seed = next(r["seed"] for r in meta_doc["subject_params"] if r["subject"] == entry["subject"])
+    s = generate_subject(seed, SMALL)
+    np.testing.assert_array_equal(img, s.image)
+    np.testing.assert_array_equal(lab, s.label.astype(np.float32))
+    np.testing.assert_allclose(contours["disks"][2]["points_px"], s.disks[2]["points_px"], atol=1e-3)
+    np.testing.assert_allclose(aff, s.affine, atol=1e-5)
+
+
+def test_ensure_phantom(tmp_path, tiny_phantom, caplog):
+    # an existing dataset is returned as is (with a warning when it was made with other settings)
+    before = _sha(tiny_phantom / "datalist.json")
+    with caplog.at_level("WARNING", logger="diskrobust.data.phantom"):
+        assert ensure_phantom(tiny_phantom, subjects=6, seed=0, config=SMALL) == tiny_phantom / "datalist.json"
+        assert not caplog.records
+        assert ensure_phantom(tiny_phantom, subjects=2, seed=0, config=SMALL) == tiny_phantom / "datalist.json"
+        assert "subjects differ" in caplog.text
+    assert _sha(tiny_phantom / "datalist.json") == before
+    # a missing folder is generated
+    dl = ensure_phantom(tmp_path / "new", subjects=1, seed=1, config=SMALL, progress=False)
+    assert dl.is_file() and len(list((tmp_path / "new" / "images").iterdir())) == 1
+    # an empty folder is generated into
+    (tmp_path / "empty").mkdir()
+    assert ensure_phantom(tmp_path / "empty", subjects=1, seed=1, config=SMALL, progress=False).is_file()
+    # a folder with other content is not touched
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not empty") as err:
+        ensure_phantom(other, subjects=1, seed=1, config=SMALL)
+    assert str(other) in str(err.value)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_write_phantom_dataset_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="split"):
+        write_phantom_dataset(tmp_path / "x", 3, 0, SMALL, split=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="subjects"):
+        write_phantom_dataset(tmp_path / "x", 0, 0, SMALL)
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    from diskrobust.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["phantom", "--out", str(out), "--subjects", "3", "--seed", "4", "--weighting", "t1", "--shape", "256", "256", "--spacing", "1.2", "--no-progress", "--workers", "1"])
+    assert rc == 0
+    assert "wrote 3 subjects" in capsys.readouterr().out
+    doc = json.loads((out / "phantom.json").read_text())
+    assert doc["config"]["weighting"] == "t1" and doc["seed"] == 4 and doc["subjects"] == 3
+    entries = load_datalist(out / "datalist.json", "training")
+    img, meta = read_image(entries[0]["image"])
+    assert img.shape == (256, 256) and meta["spacing_mm"] == (1.2, 1.2)
+    # same output as the library call
+    ref = write_phantom_dataset(tmp_path / "lib", 3, 4, PhantomConfig(shape=(256, 256), spacing_mm=(1.2, 1.2), weighting="t1"), progress=False, workers=1)
+    assert _sha(ref.parent / "images/sub-0002.nii.gz") == _sha(out / "images/sub-0002.nii.gz")
+    # refuses a non-empty folder and bad sizes, with a message
+    assert main(["phantom", "--out", str(out), "--subjects", "1"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["phantom", "--out", str(tmp_path / "y"), "--shape", "100", "100"]) == 2
+    assert "field of view" in capsys.readouterr().err
+
+
+def test_render_subject_png(tmp_path, subjects_small):
+    path = render_subject_png(subjects_small[0], tmp_path / "look.png", title="seed 0")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
