@@ -1,1 +1,44 @@
-"""transforms"""
+"""MONAI transforms of diskrobust (array + dictionary twins): intensity, loading, disk patches, shape augmentation."""
+
+from diskrobust.transforms.intensity import ScaleIntensityMR, ScaleIntensityMRd
+from diskrobust.transforms.io import LoadDiskContours, LoadDiskContoursd, LoadDiskImage, LoadDiskImaged
+from diskrobust.transforms.patches import (
+    ExtractDiskPatches,
+    ExtractDiskPatchesd,
+    extract_patch,
+    image_points_to_patch,
+    patch_points_to_image,
+    patch_scale,
+)
+from diskrobust.transforms.shape_augment import (
+    RandShapeAugment,
+    RandShapeAugmentd,
+    ShapePCA,
+    augment_patch,
+    draw_new_shape,
+)
+from diskrobust.transforms.tps import border_control_points, tps_eval, tps_solve, tps_warp
+
+__all__ = [
+    "ScaleIntensityMR",
+    "ScaleIntensityMRd",
+    "LoadDiskImage",
+    "LoadDiskImaged",
+    "LoadDiskContours",
+    "LoadDiskContoursd",
+    "ExtractDiskPatches",
+    "ExtractDiskPatchesd",
+    "extract_patch",
+    "patch_points_to_image",
+    "image_points_to_patch",
+    "patch_scale",
+    "ShapePCA",
+    "RandShapeAugment",
+    "RandShapeAugmentd",
+    "augment_patch",
+    "draw_new_shape",
+    "tps_warp",
+    "tps_solve",
+    "tps_eval",
+    "border_control_points",
+]
