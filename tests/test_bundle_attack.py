@@ -1,0 +1,213 @@
+"""The robustness evaluation bundle bundles/lumbar_disk_attack end to end.
+
+A 3-subject phantom and a DiskShapeNet (width 8, 64 px patches at 1 mm/px) trained for a few dozen
+steps stand in for the training bundle's output; the bundle runs with tiny sweep overrides through
+`python -m monai.bundle run`, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diskrobust.data.errors import DataError
+from diskrobust.networks import DiskShapeNet
+
+pytestmark = pytest.mark.slow
+
+PATCH = 64
+SPACING = 1.0
+WIDTH = 8
+TINY = {"num_samples": 3, "batch_size": 3, "tensorboard_images": 1,
+        "ind": {"steps": 2, "eps": {"linf": [0.05, 0.2]}, "heads": ["points", "both"]},
+        "ood": {"steps": 3, "starts": ["box_noise", "natural"], "num_samples": 2}}
+
+
+@pytest.fixture(scope="module")
+def bundle(repo_root) -> Path:
+    return repo_root / "bundles" / "lumbar_disk_attack"
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    from diskrobust.data.phantom import ensure_phantom
+
+    folder = tmp_path_factory.mktemp("attack_bundle") / "phantom"
+    ensure_phantom(folder, subjects=3, seed=0, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(phantom, tmp_path_factory) -> Path:
+    """models/model.pt as the training bundle writes it: a plain state_dict of a (briefly) trained DiskShapeNet."""
+    from diskrobust.data.datasets import DiskPatchDataset
+    from diskrobust.losses import DiskShapeLoss
+
+    ds = DiskPatchDataset(phantom / "datalist.json", "training", patch_size=PATCH, patch_spacing_mm=SPACING)
+    batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("image", "points", "mask")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        net = DiskShapeNet(spatial_size=PATCH, width=WIDTH)
+        net.set_mean_shape(batch["points"].mean(0))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        loss_fn = DiskShapeLoss()
+        for _ in range(30):
+            loss = loss_fn(net(batch["image"]), {"points": batch["points"], "mask": batch["mask"]})
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    path = tmp_path_factory.mktemp("attack_ckpt") / "model.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def _cli_args(bundle, checkpoint, phantom, out, sweep=TINY, run_id=None) -> list[str]:
+    args = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else [])
+    return args + ["--config_file", str(bundle / "configs" / "evaluate.json"), "--ckpt_path", str(checkpoint),
+                   "--dataset_dir", str(phantom), "--phantom_subjects", "3", "--output_dir", str(out),
+                   "--patch_size", str(PATCH), "--patch_spacing_mm", str(SPACING), "--width", str(WIDTH),
+                   "--device", "cpu", "--progress", "false", "--sweep_overrides", repr(sweep)]
+
+
+def _run(args, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"bundle run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def test_metadata_is_valid(bundle, meta_schema, tmp_path):
+    from monai.bundle import verify_metadata
+
+    # raises on a schema violation (the same check as `python -m monai.bundle verify_metadata`)
+    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(meta_schema))
+    broken = json.loads((bundle / "configs" / "metadata.json").read_text())
+    del broken["network_data_format"]
+    (tmp_path / "metadata.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="network_data_format"):  # the check can fail
+        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(meta_schema))
+    for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/profiles/cpu-quick.json",
+                 "configs/profiles/paper.json"):
+        assert (bundle / name).is_file(), name
+    assert "Apache License" in (bundle / "LICENSE").read_text() and "Version 2.0" in (bundle / "LICENSE").read_text()
+
+
+def test_bundle_run_writes_results_and_resumes(bundle, checkpoint, phantom, tmp_path, repo_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "eval"
+    _run(_cli_args(bundle, checkpoint, phantom, out), cwd=repo_root)
+
+    with open(out / "per_sample.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for col in ("sample_id", "subject", "level", "attack", "head", "eps", "point_error_px", "point_error_mm",
+                "polygon_dice", "seg_dice", "within_tolerance"):
+        assert col in rows[0], col
+    # clean 3 + IND 2 heads x 2 eps x 3 + OOD 2 starts x (eps 0, 40) x 2
+    assert len(rows) == 3 + 12 + 8
+    assert {r["subject"] for r in rows} <= {e["subject"] for e in json.loads((phantom / "datalist.json").read_text())["test"]}
+    assert {r["sweep"] for r in rows} == {"clean", "ind", "ood"}
+    assert {float(r["eps"]) for r in rows if r["sweep"] == "ood"} == {0.0, 40.0}  # cpu-quick's budget
+    err_px = [float(r["point_error_px"]) for r in rows]
+    assert all(abs(float(r["point_error_mm"]) - e * SPACING) < 1e-4 for r, e in zip(rows, err_px))
+
+    agg = json.loads((out / "aggregate.json").read_text())
+    assert agg["profile"] == "cpu-quick"
+    heads = {(g["sweep"], g["attack"], g["head"]) for g in agg["groups"]}
+    assert heads == {("ind", "linf", "points"), ("ind", "linf", "both"), ("ood", "box_noise", "both"),
+                     ("ood", "natural", "both")}
+    report = (out / "report.md").read_text()
+    assert "# Robustness evaluation (cpu-quick profile)" in report and str(checkpoint) in report
+    assert "| eps 0 | eps 0.05 | eps 0.2 | AUC |" in report
+    assert (out / "plots" / "ind_linf.png").is_file() and (out / "plots" / "ood.png").is_file()
+    info = json.loads((out / "config.json").read_text())
+    assert info["checkpoint"] == str(checkpoint) and info["network_params"]["width"] == WIDTH
+    assert info["sweep"]["ind"]["steps"] == 2 and info["sweep"]["ood"]["steps"] == 3
+    assert info["environment"]["diskrobust"] and info["environment"]["torch"]
+
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("ind/linf/both/point_error_px_mean")] == [0, 50, 200]
+    images = acc.Tags()["images"]
+    assert any(t.startswith("ind/linf/points/eps0.050/s000/perturbation_x") for t in images)
+    assert "ood/natural/both/eps40.000/s000/contours" in images
+    shot = acc.Images("ood/natural/both/eps40.000/s000/attacked")[0]
+    assert (shot.width, shot.height) == (PATCH, PATCH)
+
+    # the run id "evaluating" on the same output folder reuses every finished unit
+    units = sorted((out / "units").rglob("*.json"))
+    mtimes = [p.stat().st_mtime_ns for p in units]
+    _run(_cli_args(bundle, checkpoint, phantom, out, run_id="evaluating"), cwd=repo_root)
+    assert [p.stat().st_mtime_ns for p in units] == mtimes
+    log = [json.loads(line) for line in (out / "sweep.log").read_text().splitlines()]
+    last_start = max(i for i, e in enumerate(log) if e["event"] == "start")
+    second = log[last_start:]
+    assert sum(e["event"] == "reused" for e in second) == len(units)
+    assert not any(e["event"] == "computed" for e in second)
+
+
+def _workflow(bundle, **overrides):
+    from monai.bundle import ConfigWorkflow
+
+    return ConfigWorkflow(config_file=str(bundle / "configs" / "evaluate.json"), workflow_type=None,
+                          logging_file=False, **overrides)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def _init_error(bundle, **overrides) -> BaseException:
+    wf = _workflow(bundle, **overrides)
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+        wf.run()  # not reached when initialize refuses
+    return _root_cause(info.value)
+
+
+def _common(checkpoint, phantom, out):
+    return {"ckpt_path": str(checkpoint), "dataset_dir": str(phantom), "output_dir": str(out), "device": "cpu",
+            "patch_size": PATCH, "patch_spacing_mm": SPACING, "width": WIDTH, "progress": False,
+            "phantom_subjects": 3, "sweep_overrides": TINY}
+
+
+def test_bad_inputs_fail_before_any_work(bundle, checkpoint, phantom, tmp_path):
+    out = tmp_path / "eval"
+
+    err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "width": 16})
+    assert isinstance(err, DataError) and str(checkpoint) in str(err)
+    assert "does not match the network" in str(err) and "checkpoint (8, 1, 3, 3) vs network (16, 1, 3, 3)" in str(err)
+
+    err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "network_def#seg_head": False})
+    assert isinstance(err, DataError) and "unexpected key" in str(err) and "decoder" in str(err)
+
+    empty = tmp_path / "empty_datalist.json"
+    empty.write_text(json.dumps({"training": [], "validation": [], "test": []}))
+    err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "datalist": str(empty)})
+    assert isinstance(err, DataError) and str(empty) in str(err) and "empty" in str(err)
+
+    cases = [({"ind": {"eps": {"linf": [0.05, -0.1]}}}, "ind.eps.linf"),
+             ({"ind": {"eps": {"linf": [0.1, 0.05]}}}, "sorted ascending"),
+             ({"ind": {"attacks": ["linf", "deepfool"]}}, "unknown attack name(s) ['deepfool']"),
+             ({"ood": {"starts": ["xray"]}}, "unknown OOD start image name(s) ['xray']")]
+    for override, expected in cases:
+        err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "sweep_overrides": override})
+        assert expected in str(err), str(err)
+        assert "cpu-quick.json" in str(err)
+
+    err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "profile": "nightly"})
+    assert "nightly.json" in str(err) and "cpu-quick" in str(err)
+    assert not out.exists()  # nothing was computed or written

@@ -1,0 +1,326 @@
+"""The robustness sweep engine (diskrobust.study.sweep), its result files and TensorBoard output.
+
+A tiny DiskShapeNet (32 px patches, width 4) is trained for a few dozen steps on synthetic
+ellipse "disks", so the attacks act on a network that has learnt something: PGD must raise its
+error and the OOD attack must pull its output towards the target.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from diskrobust.attacks import PGD
+from diskrobust.data.contours import polygon_fill_torch
+from diskrobust.data.errors import DataError
+from diskrobust.losses import DiskShapeLoss
+from diskrobust.networks import DiskShapeNet
+from diskrobust.study import results, sweep
+
+SIZE = 32
+
+
+def synthetic_disks(n: int, seed: int = 0) -> list[dict]:
+    """Ellipses in the contract's point order (point 0 upper left, anterior side first), (1, S, S) images."""
+    g = torch.Generator().manual_seed(seed)
+
+    def u(lo, hi):
+        return lo + (hi - lo) * torch.rand(n, generator=g)
+
+    cx, cy = SIZE / 2 + u(-3, 3), SIZE / 2 + u(-3, 3)
+    a, b = u(0.22, 0.32) * SIZE, u(0.1, 0.16) * SIZE
+    theta = -math.pi / 4 + 2 * math.pi * torch.arange(176) / 176
+    pts = torch.stack([cx[:, None] - a[:, None] * torch.cos(theta), cy[:, None] + b[:, None] * torch.sin(theta)], -1)
+    mask = polygon_fill_torch(pts, (SIZE, SIZE)).float().reshape(n, 1, SIZE, SIZE)
+    img = (0.15 + 0.6 * mask + 0.05 * torch.randn(n, 1, SIZE, SIZE, generator=g)).clamp(0, 1)
+    return [{"image": img[i], "points": pts[i].float(), "mask": mask[i], "subject": f"syn-{i // 4:03d}",
+             "level": f"L{i % 4 + 1}"} for i in range(n)]
+
+
+def tiny_net(**kw) -> DiskShapeNet:
+    return DiskShapeNet(spatial_size=SIZE, width=4, blocks=(1, 1), norm_groups=2, **kw)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """On the shared 2-core machine two intra-op threads mostly spin-wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_and_model(one_torch_thread):
+    items = synthetic_disks(28)
+    torch.manual_seed(0)
+    net = tiny_net()
+    train = items[8:]
+    net.set_mean_shape(torch.stack([it["points"] for it in train]).mean(0))
+    x = torch.stack([it["image"] for it in train])
+    p = torch.stack([it["points"] for it in train])
+    m = torch.stack([it["mask"] for it in train])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    loss_fn = DiskShapeLoss()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        idx = torch.randint(0, len(train), (16,), generator=gen)
+        loss = loss_fn(net(x[idx]), {"points": p[idx], "mask": m[idx]})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return items[:8], net.eval()
+
+
+def small_config(**over) -> dict:
+    cfg = {"num_samples": 6, "batch_size": 6, "tensorboard_images": 2, "tolerance_px": 1.5,
+           "ind": {"attacks": ["linf"], "eps": {"linf": [0.05, 0.2]}, "heads": ["points", "seg"], "steps": 4},
+           "ood": {"starts": ["uniform_noise", "natural"], "eps": [12.0], "steps": 15, "num_samples": 3}}
+    for k, v in over.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    return cfg
+
+
+# ------------------------------------------------------------------------------------ configuration
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"ind": {"eps": {"linf": [0.01, -0.03]}}}, r"ind\.eps\.linf.*>"),
+    ({"ind": {"eps": {"linf": [0.05, 0.03]}}}, r"sorted ascending"),
+    ({"ind": {"eps": {"linf": [0.03, 0.03]}}}, r"sorted ascending without repeats"),
+    ({"ind": {"eps": {"linf": []}}}, r"non-empty"),
+    ({"ind": {"attacks": ["fgsm"]}}, r"unknown attack name.*fgsm"),
+    ({"ind": {"eps": {"linf": [0.1], "cw": [1.0]}}}, r"unknown attack name.*cw"),
+    ({"ind": {"heads": ["points", "decoder"]}}, r"unknown head name.*decoder"),
+    ({"ood": {"starts": ["ct_scan"]}}, r"unknown OOD start image name.*ct_scan"),
+    ({"ood": {"eps": [40.0, 20.0]}}, r"ood\.eps.*sorted"),
+    ({"ind": {"steps": 0}}, r"ind\.steps must be an integer >= 1"),
+    ({"ind": {"update": "momentum"}}, r"ind\.update"),
+    ({"tolerance_px": -1}, r"tolerance_px"),
+    ({"epsilon": [0.1]}, r"unknown setting.*epsilon"),
+])
+def test_bad_sweep_settings_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        sweep.SweepConfig.from_dict(small_config(**bad))
+
+
+def test_profiles_load_and_overrides_merge(repo_root):
+    profiles = repo_root / "bundles" / "lumbar_disk_attack" / "configs" / "profiles"
+    quick = sweep.load_profile("cpu-quick", profiles)
+    paper = sweep.load_profile("paper", profiles)
+    assert quick.profile == "cpu-quick" and paper.profile == "paper"
+    # the paper's evaluation protocol
+    assert paper.ind.eps["linf"] == [0.01, 0.03, 0.05, 0.07, 0.1, 0.2]
+    assert (paper.ind.steps, paper.ind.step_ratio, paper.ind.update, paper.ind.random_start) == (100, 0.2, "adamax", True)
+    assert (paper.ood.eps, paper.ood.steps, paper.ood.lr, paper.ood.optimizer) == ([40.0], 4000, 0.01, "adamax")
+    assert quick.ind.steps <= 20 and quick.ood.steps <= 200 and quick.num_samples <= 16
+    merged = sweep.load_profile("cpu-quick", profiles, {"ind": {"steps": 3, "eps": {"linf": [0.1]}}})
+    assert merged.ind.steps == 3 and merged.ind.eps["linf"] == [0.1] and merged.ind.heads == quick.ind.heads
+    with pytest.raises(DataError, match="known profiles"):
+        sweep.load_profile("gpu-huge", profiles)
+    with pytest.raises(DataError, match=r"cpu-quick\.json.*unsorted|cpu-quick\.json.*sorted"):
+        sweep.load_profile("cpu-quick", profiles, {"ind": {"eps": {"linf": [0.2, 0.1]}}})
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+def test_aggregate_auc_tolerance_and_tables():
+    def row(sweep_, eps, err, attack="linf", head="points"):
+        return {"sweep": sweep_, "attack": attack, "norm": "linf", "head": head, "eps": eps, "reference": "truth",
+                "point_error_px": err, "point_error_mm": err / 2, "polygon_dice": 1 - err / 10, "seg_dice": float("nan")}
+
+    rows = [row("clean", 0.0, e, "none", "none") for e in (1.0, 3.0)]
+    rows += [row("ind", 0.1, e) for e in (2.0, 6.0)] + [row("ind", 0.2, e) for e in (5.0, 7.0)]
+    agg = results.aggregate(rows, tolerance_px=2.0)
+    (g,) = agg["groups"]
+    assert g["eps"] == [0.0, 0.1, 0.2]
+    assert g["metrics"]["point_error_px"]["mean"] == pytest.approx([2.0, 4.0, 6.0])
+    assert g["metrics"]["point_error_px"]["median"] == pytest.approx([2.0, 4.0, 6.0])
+    assert g["metrics"]["point_error_px"]["p95"] == pytest.approx([2.9, 5.8, 6.9])
+    assert g["within_tolerance"] == pytest.approx([0.5, 0.5, 0.0])
+    # trapezoid over eps incl. 0: 0.1 * (2 + 4) / 2 + 0.1 * (4 + 6) / 2
+    assert g["auc"]["point_error_px"] == pytest.approx(0.8)
+    assert math.isnan(g["auc"]["seg_dice"])
+    report = results.markdown_report(agg, ["# title"])
+    assert "| linf | points | 2.00 (2.00 / 2.90) | 4.00 (4.00 / 5.80) | 6.00 (6.00 / 6.90) | 0.8000 |" in report
+    assert "Fraction of samples with point error <= 2 px" in report
+    assert "segmentation head" not in report  # a metric no row has is left out
+
+
+def test_csv_roundtrip_and_atomic_writes(tmp_path):
+    rows = [{"sample_id": 3, "subject": "s", "level": "L4/L5", "sweep": "ind", "eps": 0.07, "steps": 10,
+             "point_error_px": 1.25, "seg_dice": float("nan")}]
+    path = results.write_rows_csv(tmp_path / "a" / "rows.csv", rows)
+    back = results.read_rows_csv(path)
+    assert back[0]["sample_id"] == 3 and back[0]["eps"] == 0.07 and back[0]["point_error_px"] == 1.25
+    assert math.isnan(back[0]["seg_dice"])
+    results.atomic_write_json(tmp_path / "a" / "x.json", {"v": float("nan"), "w": [1.0, float("inf")]})
+    assert json.loads((tmp_path / "a" / "x.json").read_text()) == {"v": None, "w": [1.0, None]}
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["rows.csv", "x.json"]  # no temp files left
+
+
+# ------------------------------------------------------------------------------------------- engine
+
+
+def _events(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_sweep_results_and_tensorboard(tmp_path, data_and_model):
+    items, net = data_and_model
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    out = tmp_path / "run"
+    res = sweep.run_robustness_sweep(net, items, small_config(), out, writer=out / "tb", progress=False)
+    # the network is observed, never changed
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+    # 1 clean + 2 heads x 2 eps + 2 starts x (eps 0 and 12)
+    assert len(res["computed"]) == 9 and res["reused"] == []
+    with open(out / "per_sample.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert set(results.ROW_COLUMNS) | {"within_tolerance"} == set(rows[0])
+    assert len(rows) == 6 + 4 * 6 + 4 * 3
+    assert {r["subject"] for r in rows} >= {"syn-000", "syn-001"} and {r["level"] for r in rows} >= {"L1", "L2"}
+    err_mm = np.array([float(r["point_error_mm"]) for r in rows])
+    err_px = np.array([float(r["point_error_px"]) for r in rows])
+    assert np.allclose(err_mm, err_px * 0.5)  # spacing_mm default 0.5 for plain datasets
+
+    agg = json.loads((out / "aggregate.json").read_text())
+    groups = {(g["sweep"], g["attack"], g["head"]): g for g in agg["groups"]}
+    pts = groups[("ind", "linf", "points")]
+    assert pts["eps"] == [0.0, 0.05, 0.2]
+    mean = pts["metrics"]["point_error_px"]["mean"]
+    assert mean[2] > mean[0] * 1.2, f"PGD on the point head did not raise the error: {mean}"
+    seg = groups[("ind", "linf", "seg")]["metrics"]["seg_dice"]["mean"]
+    assert seg[2] < seg[0], f"PGD on the seg head did not lower its Dice: {seg}"
+    for start in ("uniform_noise", "natural"):
+        ood = groups[("ood", start, "both")]
+        assert ood["eps"] == [0.0, 12.0]
+        d = ood["metrics"]["point_error_px"]["mean"]
+        assert d[1] < d[0], f"OOD attack from {start} did not approach the target: {d}"
+    ood_rows = [r for r in rows if r["sweep"] == "ood" and float(r["eps"]) > 0]
+    assert max(float(r["delta_l2"]) for r in ood_rows) <= 12.0 + 1e-3
+    ind_rows = [r for r in rows if r["sweep"] == "ind"]
+    assert all(float(r["delta_linf"]) <= float(r["eps"]) + 1e-5 for r in ind_rows)
+
+    report = (out / "report.md").read_text()
+    assert "## IND sweep" in report and "## OOD sweep" in report and "| linf | points |" in report
+    assert "| uniform_noise | both |" in report
+    assert "Fraction of samples with point error <= 1.5 px" in report
+    for png in ("ind_linf.png", "ood.png"):
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    info = json.loads((out / "config.json").read_text())
+    assert info["environment"]["torch"] and info["environment"]["monai"] and "git_commit" in info["environment"]
+    assert info["sweep"]["ind"]["eps"]["linf"] == [0.05, 0.2]
+
+    acc = _events(out / "tb")
+    scalars = acc.Tags()["scalars"]
+    assert "ind/linf/points/point_error_px_mean" in scalars and "ood/natural/both/point_error_px_mean" in scalars
+    steps = [e.step for e in acc.Scalars("ind/linf/points/point_error_px_mean")]
+    assert steps == [0, 50, 200]  # milli-epsilon; 0 is the clean model
+    values = [e.value for e in acc.Scalars("ind/linf/points/point_error_px_mean")]
+    assert values == pytest.approx(mean, rel=1e-5)
+    images = acc.Tags()["images"]
+    for view in ("clean", "attacked", "contours"):
+        assert f"ind/linf/points/eps0.200/s000/{view}" in images
+        assert f"ind/linf/points/eps0.200/s001/{view}" in images
+    assert "ind/linf/points/eps0.200/s002/clean" not in images  # tensorboard_images = 2
+    pert = [t for t in images if t.startswith("ind/linf/seg/eps0.050/s000/perturbation_x")]
+    assert len(pert) == 1 and re.fullmatch(r".*/perturbation_x\d+\.\d", pert[0])
+    # the scale in the tag is 1 / max|delta| of that sample's perturbation (within its 0.05 budget)
+    assert float(pert[0].rsplit("_x", 1)[1]) >= 1 / 0.05 - 0.1
+    for view in ("start", "attacked", "target_image", "contours"):
+        assert f"ood/uniform_noise/both/eps12.000/s000/{view}" in images
+    img = acc.Images("ind/linf/points/eps0.200/s000/contours")[0]
+    assert (img.width, img.height, img.step) == (SIZE, SIZE, 200)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_sweep_resumes_without_recomputing(tmp_path, data_and_model, monkeypatch):
+    items, net = data_and_model
+    cfg = small_config(ind={"heads": ["points"], "eps": {"linf": [0.03, 0.1, 0.2]}, "steps": 2},
+                       ood={"starts": ["box_noise"], "steps": 3})
+    cfg["tensorboard_images"] = 0
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real_forward = PGD.forward
+
+    def dying_forward(self, images, targets):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third IND unit dies mid-sweep, like a killed job
+            raise _Interrupt()
+        return real_forward(self, images, targets)
+
+    monkeypatch.setattr(PGD, "forward", dying_forward)
+    with pytest.raises(_Interrupt):
+        sweep.run_robustness_sweep(net, items, cfg, out, progress=False)
+    monkeypatch.setattr(PGD, "forward", real_forward)
+    done = sorted(p.relative_to(out / "units").as_posix() for p in (out / "units").rglob("*.json"))
+    assert done == ["clean.json", "ind/linf/points/eps0.030.json", "ind/linf/points/eps0.100.json"]
+    assert not list(out.rglob("*.tmp")) and not (out / "per_sample.csv").exists()
+    mtimes = {p: (out / "units" / p).stat().st_mtime_ns for p in done}
+
+    res = sweep.run_robustness_sweep(net, items, cfg, out, progress=False)
+    assert res["reused"] == ["clean", "ind/linf/points/eps0.030", "ind/linf/points/eps0.100"]
+    assert res["computed"] == ["ind/linf/points/eps0.200", "ood/box_noise/both/eps0.000", "ood/box_noise/both/eps12.000"]
+    assert all((out / "units" / p).stat().st_mtime_ns == t for p, t in mtimes.items())
+    log = [json.loads(line) for line in (out / "sweep.log").read_text().splitlines()]
+    assert [e["unit"] for e in log if e["event"] == "reused"] == res["reused"]
+
+    # a deleted unit file is recomputed, with the same numbers (its seed depends on its name only)
+    first = json.loads((out / "units/ind/linf/points/eps0.100.json").read_text())["rows"]
+    (out / "units/ind/linf/points/eps0.100.json").unlink()
+    res = sweep.run_robustness_sweep(net, items, cfg, out, progress=False)
+    assert res["computed"] == ["ind/linf/points/eps0.100"]
+    again = json.loads((out / "units/ind/linf/points/eps0.100.json").read_text())["rows"]
+    assert [r["point_error_px"] for r in again] == pytest.approx([r["point_error_px"] for r in first])
+
+    # changed settings or weights invalidate the cached units they affect
+    res = sweep.run_robustness_sweep(net, items, {**cfg, "ind": {**cfg["ind"], "steps": 3}}, out, progress=False)
+    assert sorted(res["computed"]) == ["ind/linf/points/eps0.030", "ind/linf/points/eps0.100", "ind/linf/points/eps0.200"]
+    other = tiny_net()
+    res = sweep.run_robustness_sweep(other, items, cfg, out, progress=False)
+    assert res["reused"] == []
+
+
+def test_checkpoint_mismatch_names_file_and_keys(tmp_path):
+    ckpt = tmp_path / "model.pt"
+    torch.save(tiny_net().state_dict(), ckpt)
+    loaded = sweep.load_network_checkpoint(tiny_net(), ckpt)
+    assert not loaded.training
+    wider = DiskShapeNet(spatial_size=SIZE, width=8, blocks=(1, 1), norm_groups=2)
+    with pytest.raises(DataError, match=r"model\.pt: does not match the network.*width=8.*shape mismatch.*"
+                                        r"checkpoint \(4, 1, 3, 3\) vs network \(8, 1, 3, 3\)"):
+        sweep.load_network_checkpoint(wider, ckpt)
+    no_seg = tiny_net(seg_head=False)
+    with pytest.raises(DataError, match=r"unexpected key.*decoder"):
+        sweep.load_network_checkpoint(no_seg, ckpt)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match=r"junk\.pt: cannot be read"):
+        sweep.load_network_checkpoint(tiny_net(), tmp_path / "junk.pt")
+    with pytest.raises(DataError, match="not found"):
+        sweep.load_network_checkpoint(tiny_net(), tmp_path / "missing.pt")
+
+
+def test_heads_the_network_lacks_and_empty_data_are_refused(tmp_path, data_and_model):
+    items, _ = data_and_model
+    points_only = tiny_net(seg_head=False)
+    with pytest.raises(ValueError, match=r"ind\.heads: head 'seg' needs network output.*\['seg'\]"):
+        sweep.run_robustness_sweep(points_only, items, small_config(), tmp_path / "o", progress=False)
+    with pytest.raises(DataError, match="holds no disk patches"):
+        sweep.run_robustness_sweep(tiny_net(), [], small_config(), tmp_path / "o2", progress=False)
+    assert not (tmp_path / "o" / "units").exists()
