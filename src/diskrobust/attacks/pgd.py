@@ -1,0 +1,190 @@
+"""Projected gradient descent (PGD) for the disk shape network's multi-output regression.
+
+Untargeted: maximise the objective (point SSE, 1 - soft Dice, or both) against the true targets.
+Targeted: minimise it against a given shape / mask. L-inf or L2 budget on [0, 1] intensities.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._base import Attack, AttackResult, attack_context, check_images, make_generator
+from .objectives import Objective, build_objective
+
+NORMS = ("linf", "l2")
+UPDATES = ("sign", "adamax")
+
+
+def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each sample, (B, ...) -> (B, 1, ..., 1) for broadcasting."""
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+def project_(delta: torch.Tensor, images: torch.Tensor, eps: float, norm: str, clip: tuple[float, float]) -> torch.Tensor:
+    """In place: delta onto the eps-ball of `norm`, then so that images + delta lies in `clip`.
+
+    The box step only shrinks each |delta_i| (images are inside the box), so the result stays in the
+    ball: for L-inf this is the exact Euclidean projection onto ball ∩ box, for L2 a feasible point.
+    """
+    if norm == "linf":
+        delta.clamp_(-eps, eps)
+    else:
+        delta.mul_((eps / _per_sample_norm(delta).clamp_min(1e-12)).clamp(max=1.0))
+    lo, hi = clip
+    delta.copy_((images + delta).clamp_(lo, hi).sub_(images))
+    return delta
+
+
+def random_start(images: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+    """A uniform draw from the eps-ball (L-inf: per pixel U[-eps, eps]; L2: uniform in the ball), (B, C, H, W)."""
+    if norm == "linf":
+        u = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+        return u.mul_(2.0).sub_(1.0).mul_(eps)
+    direction = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    direction.div_(_per_sample_norm(direction).clamp_min(1e-12))
+    dim = images[0].numel()
+    # radius ~ eps * U^(1/d) makes the draw uniform in the volume of the d-ball
+    u = torch.rand((images.shape[0],), generator=generator, device=images.device, dtype=images.dtype)
+    radius = eps * u.pow(1.0 / dim)
+    return direction.mul_(radius.view(-1, *([1] * (images.ndim - 1))))
+
+
+def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest ascent direction of unit `norm`: sign(grad) for L-inf, grad / ||grad||_2 per sample for L2."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / _per_sample_norm(grad).clamp_min(1e-12)
+
+
+class PGD(Attack):
+    """PGD on the network's output dict, with the worst case kept per sample over steps and restarts.
+
+    Args:
+        model: the network (DDP/DataParallel wrappers are unwrapped); never modified.
+        eps: budget on [0, 1] intensities (L-inf) or per-image L2 norm.
+        steps: gradient steps per restart (K steps cost K forward+backward passes and one forward).
+        step_size: step length; default eps / 5 (the paper's evaluation setting; training uses 0.01).
+        norm: "linf" | "l2".
+        random_start: start from a uniform draw in the ball (else from the clean image).
+        update: "sign": delta += step * direction, direction = sign(grad) (L-inf) or grad / ||grad||_2 (L2);
+            "adamax": the paper's variant, torch.optim.Adamax(lr=step_size) over delta fed that direction.
+            Either way delta is projected after every step.
+        objective: "points" | "seg" | "both" | callable(outputs, targets) -> (B,).
+        point_loss: "sse" (paper) | "mae", the point term of "points"/"both".
+        targeted: minimise the objective towards `targets` instead of maximising it away from them.
+        restarts: independent random starts; the best per sample is returned.
+        clip: the valid intensity range of the images.
+        keep_best: return the best iterate seen per sample (else the last iterate of the best restart).
+        seed: seeds a fresh generator on the images' device for each call's random starts (None: global RNG).
+        generator: draw the random starts from this generator instead (it advances across calls); overrides seed.
+        progress: show a tqdm bar over the steps.
+
+    `forward(images (B, 1, H, W), targets {"points": (B, 176, 2), "mask": (B, 1, H, W)})` -> AttackResult
+    with images, losses (B,) = objective at the returned images, deltas.
+    """
+
+    def __init__(self, model: nn.Module, eps: float = 0.07, steps: int = 20, step_size: float | None = None,
+                 norm: str = "linf", random_start: bool = True, update: str = "sign",
+                 objective: str | Objective = "points", point_loss: str = "sse", targeted: bool = False,
+                 restarts: int = 1, clip: tuple[float, float] = (0.0, 1.0), keep_best: bool = True,
+                 seed: int | None = None, generator: torch.Generator | None = None, progress: bool = False):
+        super().__init__(model, seed)
+        self.generator = generator
+        if not (math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+        if int(steps) != steps or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if update not in UPDATES:
+            raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+        if int(restarts) != restarts or restarts < 1:
+            raise ValueError(f"restarts must be an integer >= 1, got {restarts}")
+        if len(clip) != 2 or not clip[0] < clip[1]:
+            raise ValueError(f"clip must be (low, high) with low < high, got {clip}")
+        self.eps = float(eps)
+        self.steps = int(steps)
+        self.step_size = self.eps / 5.0 if step_size is None else float(step_size)
+        if not self.step_size >= 0:
+            raise ValueError(f"step_size must be >= 0, got {step_size}")
+        self.norm = norm
+        self.random_start = bool(random_start)
+        self.update = update
+        self.objective = build_objective(objective, point_loss)
+        self.targeted = bool(targeted)
+        self.restarts = int(restarts)
+        self.clip = (float(clip[0]), float(clip[1]))
+        self.keep_best = bool(keep_best)
+        self.progress = bool(progress)
+
+    def _loss(self, images: torch.Tensor, delta: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        # The clamp makes the evaluated image exactly the returned one (x + delta may be off by an ulp).
+        return self.objective(self.model((images + delta).clamp(*self.clip)), targets)
+
+    def forward(self, images: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> AttackResult:
+        x = check_images(images, "PGD")
+        targets = _targets_on(targets, x)
+        sign = -1.0 if self.targeted else 1.0
+        gen = self.generator if self.generator is not None else make_generator(x.device, self.seed)
+        batch = x.shape[0]
+        best_score = torch.full((batch,), -math.inf, device=x.device, dtype=x.dtype)
+        best_loss = torch.zeros(batch, device=x.device, dtype=x.dtype)
+        best_delta = torch.zeros_like(x)
+        bar = tqdm(total=self.restarts * self.steps, desc="PGD", disable=not self.progress, leave=False)
+        with attack_context(self.model):
+            for _ in range(self.restarts):
+                delta = random_start(x, self.eps, self.norm, gen) if self.random_start else torch.zeros_like(x)
+                project_(delta, x, self.eps, self.norm, self.clip)
+                optimizer = torch.optim.Adamax([delta], lr=self.step_size) if self.update == "adamax" else None
+                for k in range(self.steps + 1):
+                    last = k == self.steps
+                    if last:
+                        with torch.no_grad():
+                            loss = self._loss(x, delta, targets)
+                    else:
+                        delta.requires_grad_(True)
+                        loss = self._loss(x, delta, targets)
+                        (grad,) = torch.autograd.grad(loss.sum() * sign, delta)
+                        delta.requires_grad_(False)
+                    if self.keep_best or last:
+                        score = sign * loss.detach()
+                        better = score > best_score
+                        best_score = torch.where(better, score, best_score)
+                        best_loss = torch.where(better, loss.detach(), best_loss)
+                        best_delta = torch.where(better.view(-1, 1, 1, 1), delta.detach(), best_delta)
+                    if last:
+                        break
+                    with torch.no_grad():
+                        direction = ascent_direction(grad, self.norm)
+                        if optimizer is None:
+                            delta.add_(direction, alpha=self.step_size)
+                        else:
+                            delta.grad = direction.neg_()  # Adamax minimises
+                            optimizer.step()
+                            delta.grad = None
+                        project_(delta, x, self.eps, self.norm, self.clip)
+                    bar.update(1)
+        bar.close()
+        adv = (x + best_delta).clamp(*self.clip)
+        return AttackResult(images=adv, losses=best_loss, deltas=adv - x)
+
+
+def _targets_on(targets: Mapping[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Detached copies of the tensor targets on the images' device, batch size checked."""
+    if not isinstance(targets, Mapping):
+        raise TypeError(f"targets must be a dict like {{'points': (B, 176, 2), 'mask': (B, 1, H, W)}}, "
+                        f"got {type(targets).__name__}")
+    out = {}
+    for key, value in targets.items():
+        if not torch.is_tensor(value):
+            continue
+        if value.shape[0] != images.shape[0]:
+            raise ValueError(f"targets[{key!r}] has batch size {value.shape[0]}, images have {images.shape[0]}")
+        value = value.as_tensor() if hasattr(value, "as_tensor") else value
+        out[key] = value.detach().to(device=images.device)
+    return out
