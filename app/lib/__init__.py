@@ -1,0 +1,1 @@
+"""diskrobust MONAI Label app: infer tasks in lib.infers."""
