@@ -71,7 +71,7 @@ def test_tiny_study_end_to_end_resume_and_failing_arm(tmp_path, tiny_phantom):
         "shape_modes": [3, 1000],  # 1000 PCA modes cannot be fitted on the tiny phantom: that arm must fail alone
         "methods": ["std", "adv_r"],
         "dataset": {"dataset_dir": str(tiny_phantom)},
-        "train": {"epochs": 1, "samples_per_epoch": 8, "batch_size": 4, "width": 4, "num_workers": 0},
+        "train": {"epochs": 1, "samples_per_epoch": 8, "batch_size": 4, "width": 8, "num_workers": 0},
         "adversarial": {"adv_steps": 2, "adv_ramp_epochs": 1},
         "evaluation": {"sweep_overrides": {"num_samples": 3, "batch_size": 3, "tensorboard_images": 1,
                                            "ind": {"eps": {"linf": [0.01, 0.05]}, "heads": ["points", "seg"],
@@ -80,7 +80,7 @@ def test_tiny_study_end_to_end_resume_and_failing_arm(tmp_path, tiny_phantom):
         "reduced": ["everything (a test)"],
     }
     study = load_study_config(_write(tmp_path, cfg), tmp_path / "out")
-    outcomes = run_study(study, progress=False)
+    outcomes = run_study(study, progress=False, jobs=2)
     status = {o.arm.name: o.status for o in outcomes}
     assert status["P3-std"] == "done" and status["P3-adv_r"] == "done", outcomes
     assert status["P1000-std"] == "failed" and status["P1000-adv_r"] == "failed"

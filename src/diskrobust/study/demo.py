@@ -23,4 +23,4 @@ def run(args: argparse.Namespace) -> int:
     from diskrobust.study.cli import run as run_study_cli
 
     return run_study_cli(argparse.Namespace(config=args.config, out=args.out, no_resume=args.no_resume,
-                                            no_progress=False))
+                                            no_progress=False, jobs=None))

@@ -38,6 +38,7 @@ class StudyConfig:
     name: str
     output_dir: Path
     seed: int = 0
+    jobs: int = 1
     shape_modes: list[int] = field(default_factory=lambda: [3, 5, 10])
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     dataset: dict[str, Any] = field(default_factory=dict)
@@ -62,13 +63,13 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "description": self.description, "output_dir": str(self.output_dir),
-            "seed": self.seed, "shape_modes": self.shape_modes, "methods": self.methods,
+            "seed": self.seed, "jobs": self.jobs, "shape_modes": self.shape_modes, "methods": self.methods,
             "dataset": self.dataset, "train": self.train, "adversarial": self.adversarial,
             "evaluation": self.evaluation, "reduced": self.reduced,
         }
 
 
-_KNOWN = {"name", "description", "output_dir", "seed", "shape_modes", "methods", "dataset", "train",
+_KNOWN = {"name", "description", "output_dir", "seed", "jobs", "shape_modes", "methods", "dataset", "train",
           "adversarial", "evaluation", "reduced"}
 
 
@@ -91,6 +92,7 @@ def load_study_config(path: str | Path, output_dir: str | Path | None = None) ->
         name=str(raw.get("name", path.stem)),
         output_dir=Path(out),
         seed=int(raw.get("seed", 0)),
+        jobs=int(raw.get("jobs", 1)),
         shape_modes=[int(k) for k in raw.get("shape_modes", [3, 5, 10])],
         methods=list(raw.get("methods", list(METHODS))),
         dataset=dict(raw.get("dataset", {})),
