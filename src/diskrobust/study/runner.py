@@ -22,6 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from diskrobust.study.grid import Arm, StudyConfig
+from diskrobust.study.results import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SHAPE_BUNDLE = REPO_ROOT / "bundles" / "lumbar_disk_shape"
@@ -39,13 +40,6 @@ class ArmOutcome:
     seconds: float = 0.0
     error: str = ""
     stages: dict[str, float] = field(default_factory=dict)
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _override_args(overrides: dict[str, Any]) -> list[str]:
@@ -140,15 +134,15 @@ def run_arm(cfg: StudyConfig, arm: Arm, resume: bool = True) -> ArmOutcome:
             stages["train"] = run_bundle(cmd, arm_dir / "train.log", f"{arm.name} training")
             if not model.is_file():
                 raise ArmFailed(f"{arm.name}: training finished but wrote no {model}")
-            _write_json_atomic(train_marker, {"seconds": stages["train"], "command": cmd})
+            atomic_write_json(train_marker, {"seconds": stages["train"], "command": cmd})
         cmd, eval_dir = evaluate_stage(cfg, arm)
         stages["evaluate"] = run_bundle(cmd, arm_dir / "evaluate.log", f"{arm.name} evaluation")
     except Exception as err:  # one arm's failure is reported and must not stop the others
         message = str(err) if isinstance(err, ArmFailed) else traceback.format_exc()
-        _write_json_atomic(arm_dir / "arm_failed.json", {"arm": arm.name, "error": message})
+        atomic_write_json(arm_dir / "arm_failed.json", {"arm": arm.name, "error": message})
         return ArmOutcome(arm, "failed", sum(stages.values()), message, stages)
     (arm_dir / "arm_failed.json").unlink(missing_ok=True)
-    _write_json_atomic(marker, {"arm": arm.name, "stages": stages})
+    atomic_write_json(marker, {"arm": arm.name, "stages": stages})
     return ArmOutcome(arm, "done", sum(stages.values()), stages=stages)
 
 
@@ -173,7 +167,7 @@ def run_study(cfg: StudyConfig, resume: bool = True, progress: bool = True, jobs
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(cfg.output_dir / "study_config.json", cfg.to_dict())
+    atomic_write_json(cfg.output_dir / "study_config.json", cfg.to_dict())
     ds = cfg.dataset
     ensure_phantom(cfg.dataset_dir, subjects=int(ds.get("phantom_subjects", 40)), seed=int(ds.get("seed", cfg.seed)))
 
