@@ -1,5 +1,3 @@
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +30,15 @@ def tiny_phantom(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_phantom")
     write_phantom_dataset(out, subjects=6, seed=0, config=PhantomConfig(shape=(256, 256), spacing_mm=(1.2, 1.2)), progress=False)
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread for the whole suite: with anything else on a 2-core machine, two torch
+    threads wait on each other and run several times slower (docs/performance.md)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,15 +20,6 @@ SIZE = 16
 BATCH = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On the shared 2-core machine one intra-op thread is several times faster than two.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def synthetic_items(n: int, seed: int = 0) -> list[dict]:
     """n dataset items {"image" (1, S, S), "points" (176, 2), "mask" (1, S, S), "subject" str} of bright ellipses."""
     gen = torch.Generator().manual_seed(seed)

@@ -22,15 +22,6 @@ from diskrobust.networks import DiskShapeNet
 SIZE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On the shared 2-core machine one intra-op thread is several times faster than two.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def synthetic_disks(n: int, size: int, generator: torch.Generator):
     """Bright ellipses on a noisy background: image (n, 1, S, S), points (n, 176, 2), mask (n, 1, S, S)."""
     def u():

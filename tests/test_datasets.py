@@ -21,15 +21,6 @@ from diskrobust.transforms import ShapePCA, augment_patch, patch_points_to_image
 S = 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Per-sample warps are tiny ops: on the shared 2-core machine intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def train_entries(tiny_phantom):
     return load_datalist(Path(tiny_phantom) / "datalist.json", "training")

@@ -21,17 +21,8 @@ def _images(dataset) -> torch.Tensor:
     return torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(len(dataset))]).float()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, loaded 2-core machine several threads per process thrash (20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def trained(one_thread, tiny_phantom):
+def trained(tiny_phantom):
     """A DiskShapeNet(width 8, 64 px) trained 40 steps on tiny_phantom's training patches, + patch images."""
     datalist = tiny_phantom / "datalist.json"
     train = DiskPatchDataset(datalist, "training", SIZE, SPACING)

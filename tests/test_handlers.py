@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from diskrobust.bundle_support import (
     BestModelState,

@@ -20,15 +20,6 @@ from diskrobust.metrics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # one thread is several times faster than two on the shared, loaded test machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def square(x0, y0, x1, y1):
     """Closed axis-aligned square polygon (4, 2) of (x, y) corners."""
     return torch.tensor([[x0, y0], [x0, y1], [x1, y1], [x1, y0]], dtype=torch.float32)

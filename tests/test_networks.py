@@ -11,15 +11,6 @@ S = 32  # tiny patches keep the tests fast; the network's default is 128
 TINY = dict(num_points=16, spatial_size=S, width=8, blocks=(1, 1, 1, 1))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # one thread is several times faster than two on the shared, loaded test machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_both_heads_shapes():
     torch.manual_seed(0)
     net = DiskShapeNet(**TINY).eval()

@@ -47,17 +47,8 @@ def tiny_net(**kw) -> DiskShapeNet:
     return DiskShapeNet(spatial_size=SIZE, width=4, blocks=(1, 1), norm_groups=2, **kw)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On the shared 2-core machine two intra-op threads mostly spin-wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def data_and_model(one_torch_thread):
+def data_and_model():
     items = synthetic_disks(28)
     torch.manual_seed(0)
     net = tiny_net()

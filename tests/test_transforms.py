@@ -33,15 +33,6 @@ from diskrobust.transforms import (
 S = 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Per-sample warps are tiny ops: on the shared 2-core machine intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def disk_outline(cx=64.0, cy=64.0, length=60.0, h_ant=24.0, h_post=14.0, angle_deg=0.0, n=176) -> np.ndarray:
     """A disk-like closed outline (n, 2) (x, y), anterior (taller) on the left, in contract order."""
     th = np.linspace(0, 2 * np.pi, 600, endpoint=False)

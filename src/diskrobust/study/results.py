@@ -19,7 +19,6 @@ import importlib.metadata
 import io
 import json
 import math
-import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
