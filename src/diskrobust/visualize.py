@@ -35,16 +35,21 @@ def _to_numpy(array) -> np.ndarray:
         array = array.detach().cpu().numpy()
     return np.asarray(array)
 
+def _grey_2d(array, dtype, what: str) -> np.ndarray:
+    """(H, W) or (1, H, W) tensor/array -> finite (H, W) numpy array of `dtype`; ValueError naming `what`."""
+    array = _to_numpy(array).astype(dtype)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(f"{what}: expected (H, W) or (1, H, W), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} contains NaN or Inf")
+    return array
+
 
 def to_rgb(image) -> np.ndarray:
     """Grey (H, W) or (1, H, W) image in [0, 1] -> (3, H, W) float32 (values clipped to [0, 1])."""
-    image = _to_numpy(image).astype(np.float32)
-    if image.ndim == 3 and image.shape[0] == 1:
-        image = image[0]
-    if image.ndim != 2:
-        raise ValueError(f"expected a grey image (H, W) or (1, H, W), got shape {image.shape}")
-    if not np.isfinite(image).all():
-        raise ValueError("image contains NaN or Inf")
+    image = _grey_2d(image, np.float32, "grey image")
     return np.repeat(np.clip(image, 0.0, 1.0)[None], 3, axis=0)
 
 
@@ -128,13 +133,7 @@ def amplify_perturbation(delta, colormap: str = "RdBu_r") -> tuple[np.ndarray, f
     (e.g. "delta x 14.3"). An all-zero perturbation gives a white image and scale 1.
     Returns ((3, H, W) float32 in [0, 1], scale).
     """
-    delta = _to_numpy(delta).astype(np.float64)
-    if delta.ndim == 3 and delta.shape[0] == 1:
-        delta = delta[0]
-    if delta.ndim != 2:
-        raise ValueError(f"amplify_perturbation: expected (H, W) or (1, H, W), got shape {delta.shape}")
-    if not np.isfinite(delta).all():
-        raise ValueError("amplify_perturbation: perturbation contains NaN or Inf")
+    delta = _grey_2d(delta, np.float64, "amplify_perturbation: perturbation")
     peak = float(np.abs(delta).max())
     scale = 1.0 / peak if peak > 0 else 1.0
     values = np.clip(delta * scale, -1.0, 1.0)
