@@ -210,3 +210,49 @@ def test_variance_matched_c_max_equalises_the_sampled_variance():
     assert var3 == pytest.approx(var10, rel=0.03)
     with pytest.raises(ValueError, match="n_modes"):
         variance_matched_c_max(lam[:5], 3, 10)
+
+
+def _design_arms(cfg: dict) -> set[str]:
+    return {f"n{n}-{aug}-{m}" for block in cfg["blocks"] for n in block["train_subjects"]
+            for aug in block["augmentations"] for m in block["methods"]}
+
+
+@pytest.mark.parametrize("name", ["findings", "findings_gpu"])
+def test_findings_profiles_state_decidable_findings(repo_root, name):
+    import json
+
+    from diskrobust.study.statistics import StatisticsConfig
+
+    cfg = json.loads((repo_root / "configs" / "study" / f"{name}.json").read_text())
+    stats = StatisticsConfig.from_dict(cfg["statistics"])
+    arms = _design_arms(cfg)
+    assert len(cfg["seeds"]) >= 3 and cfg["evaluation"]["sweep_overrides"]["ind"]["restarts"] >= 2
+    assert {"none", "P3", "P5", "P10", "P3v10"} <= set(cfg["augmentations"])
+    assert len({b for blk in cfg["blocks"] for b in blk["train_subjects"]}) >= 2
+    for f in stats.findings:
+        assert f.a in arms and f.b in arms, f.id
+        if f.sweep == "ind":
+            assert set(f.eps) <= set(cfg["evaluation"]["sweep_overrides"]["ind"]["eps"][f.attack])
+        else:
+            assert f.attack in cfg["ood_budget"]["starts"]
+    with pytest.raises(ValueError, match="unknown key"):
+        StatisticsConfig.from_dict({**cfg["statistics"], "alpah": 0.05})
+
+
+def test_budget_rows_feed_the_findings():
+    from diskrobust.robustness.ood_budget import finding_rows
+    from diskrobust.study.statistics import StatisticsConfig, decide_findings
+
+    def budget(shift, seed):
+        rng = np.random.default_rng(seed)
+        return [{"sample_id": i, "start": "natural", "random_start": False, "rms_max": 0.5,
+                 "rms_needed": float(0.05 + 0.01 * i + shift + rng.normal(0, 0.001))} for i in range(20)]
+
+    rows = {"A": {s: finding_rows(budget(0.0, s)) for s in range(3)},
+            "B": {s: finding_rows(budget(0.0, 10 + s)) for s in range(3)}}
+    cfg = StatisticsConfig.from_dict({"n_boot": 500, "findings": [
+        {"id": "f3", "claim": "same budget", "a": "A", "b": "B", "metric": "rms_needed", "direction": "equivalent",
+         "smallest_effect": 0.01, "sweep": "ood_budget", "attack": "natural", "head": "from_start", "eps": [0.0]}]})
+    assert decide_findings(cfg, rows)[0].verdict == "reproduced"
+    rows["A"] = {s: finding_rows(budget(0.05, s)) for s in range(3)}
+    assert decide_findings(cfg, rows)[0].verdict == "not reproduced"

@@ -39,7 +39,7 @@ from torch import nn
 from diskrobust import metrics
 
 __all__ = ["Tolerance", "BUDGET_COLUMNS", "rms_to_l2", "l2_to_rms", "measure", "minimal_ood_budget",
-           "success_curve", "budget_summary", "budget_markdown"]
+           "success_curve", "budget_summary", "budget_markdown", "finding_rows"]
 
 BUDGET_COLUMNS = (
     "sample_id", "start", "random_start", "reached", "rms_needed", "rms_lo", "l2_needed", "rms_max", "l2_max",
@@ -248,3 +248,20 @@ def budget_markdown(summaries: Mapping[str, Mapping], shape: Sequence[int], tole
         lines.append(f"| {label} | {s['n']} | {s['reached']:.0%} | {fmt(med)}{l2} | {fmt(s['rms_q25'])} - "
                      f"{fmt(s['rms_q75'])} | {fmt(s['start_point_distance_px_mean'], 2)} |")
     return lines
+
+
+def finding_rows(rows: Sequence[Mapping]) -> list[dict]:
+    """Budget rows as rows `diskrobust.study.statistics` selects from: sweep "ood_budget", attack = the
+    start kind, head "from_start" / "random_start", eps 0, metrics "rms_needed" and "reached".
+
+    A target not reached within rms_max is censored at rms_max (its true budget is larger): a mean
+    over such rows is a lower bound, and a difference between arms that both hit the cap shrinks
+    towards 0, so read "equivalent" verdicts together with the fraction reached.
+    """
+    out = []
+    for r in rows:
+        needed = float(r["rms_needed"])
+        out.append({"sample_id": int(r["sample_id"]), "sweep": "ood_budget", "attack": r["start"],
+                    "head": "random_start" if r["random_start"] else "from_start", "eps": 0.0,
+                    "rms_needed": min(needed, float(r["rms_max"])), "reached": float(math.isfinite(needed))})
+    return out

@@ -51,6 +51,7 @@ __all__ = [
     "Estimate", "as_matrix", "bootstrap_means", "bootstrap_estimate", "paired_difference", "holm",
     "bootstrap_pvalue", "FindingSpec", "EpsDecision", "FindingResult", "decide_finding", "values_matrix",
     "paired_matrices", "finding_markdown", "sampled_shape_variance", "variance_matched_c_max",
+    "StatisticsConfig", "decide_findings",
 ]
 
 SCHEMES = ("crossed", "nested")
@@ -375,6 +376,53 @@ def finding_markdown(result: FindingResult, digits: int = 2, unit: str = "") -> 
                      f"{'yes' if d.shown else 'no'} | {'yes' if d.opposite_shown else 'no'} | "
                      f"{'yes' if d.equivalent else 'no'} |")
     return lines
+
+
+@dataclass
+class StatisticsConfig:
+    """The "statistics" section of a study profile: test settings and the findings to decide."""
+
+    alpha: float = 0.05
+    level: float = 0.95
+    n_boot: int = 2000
+    scheme: str = "crossed"
+    seed: int = 0
+    findings: list[FindingSpec] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str = "statistics") -> StatisticsConfig:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where} must be an object, got {type(d).__name__}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        cfg = cls(**{k: v for k, v in d.items() if k != "findings"})
+        if not (0.0 < cfg.alpha < 0.5):
+            raise ValueError(f"{where}.alpha must lie in (0, 0.5), got {cfg.alpha!r}")
+        _check_level(cfg.level)
+        if isinstance(cfg.n_boot, bool) or not isinstance(cfg.n_boot, int) or cfg.n_boot < 100:
+            raise ValueError(f"{where}.n_boot must be an integer >= 100, got {cfg.n_boot!r}")
+        if cfg.scheme not in SCHEMES:
+            raise ValueError(f"{where}.scheme must be one of {SCHEMES}, got {cfg.scheme!r}")
+        raw = d.get("findings", [])
+        if not isinstance(raw, list):
+            raise ValueError(f"{where}.findings must be a list of findings")
+        cfg.findings = [FindingSpec.from_dict(f, f"{where}.findings[{i}]") for i, f in enumerate(raw)]
+        ids = [f.id for f in cfg.findings]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"{where}.findings: ids {dup} appear more than once")
+        return cfg
+
+
+def decide_findings(cfg: StatisticsConfig, rows: Mapping[str, Mapping[int, Sequence[Mapping]]]) -> list[FindingResult]:
+    """Every finding of `cfg` decided from per-sample rows {arm name: {seed: rows}}."""
+    out = []
+    for spec in cfg.findings:
+        a_by, b_by = paired_matrices(rows, spec)
+        out.append(decide_finding(spec, a_by, b_by, cfg.alpha, cfg.level, cfg.n_boot, cfg.seed, cfg.scheme))
+    return out
 
 
 # ------------------------------------------------------------------------------- rows -> matrices
