@@ -154,3 +154,29 @@ def test_measure_applies_the_criteria_the_network_and_targets_allow():
         measure(_SegNet(), x, {"mask": mask}, Tolerance(1.0, None))
     with pytest.raises(ValueError, match="needs a point distance"):
         Tolerance(None, None)
+
+
+def test_run_ood_budget_on_the_real_network_and_the_profile_section(repo_root):
+    import json
+
+    from diskrobust.networks import DiskShapeNet
+    from diskrobust.robustness.ood_budget import OodBudgetConfig, run_ood_budget
+
+    section = json.loads((repo_root / "configs" / "study" / "findings.json").read_text())["ood_budget"]
+    OodBudgetConfig.from_dict(section)  # the profile's section is valid
+    with pytest.raises(ValueError, match="unknown key"):
+        OodBudgetConfig.from_dict({**section, "rms_maxx": 1.0})
+    torch.manual_seed(0)
+    net = DiskShapeNet(spatial_size=32, width=8, blocks=(1, 1)).eval()
+    test_images = torch.rand(2, 1, 32, 32)
+    cfg = {**section, "num_targets": 2, "iterations": 1, "steps": 2, "starts": ["natural"],
+           "tolerance": {"max_point_distance_px": 0.5, "min_seg_dice": None}}
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    out = run_ood_budget(net, test_images, cfg, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the attack changed nothing
+    assert set(out["summaries"]) == {"natural / from start", "natural / random start"}
+    assert len(out["rows"]) == 4 and out["shape"] == (32, 32)
+    for r in out["rows"]:
+        assert r["delta_l2"] <= rms_to_l2(section["rms_max"], (32, 32)) + 1e-4
+        assert math.isfinite(r["start_point_distance_px"])
+    assert all(len(c) == len(section["curve_rms"]) for c in out["curves"].values())

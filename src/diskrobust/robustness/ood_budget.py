@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -39,7 +39,10 @@ from torch import nn
 from diskrobust import metrics
 
 __all__ = ["Tolerance", "BUDGET_COLUMNS", "rms_to_l2", "l2_to_rms", "measure", "minimal_ood_budget",
-           "success_curve", "budget_summary", "budget_markdown", "finding_rows"]
+           "success_curve", "budget_summary", "budget_markdown", "finding_rows", "OodBudgetConfig", "START_KINDS",
+           "start_images", "run_ood_budget"]
+
+START_KINDS = ("uniform_noise", "box_noise", "natural")
 
 BUDGET_COLUMNS = (
     "sample_id", "start", "random_start", "reached", "rms_needed", "rms_lo", "l2_needed", "rms_max", "l2_max",
@@ -265,3 +268,99 @@ def finding_rows(rows: Sequence[Mapping]) -> list[dict]:
                     "head": "random_start" if r["random_start"] else "from_start", "eps": 0.0,
                     "rms_needed": min(needed, float(r["rms_max"])), "reached": float(math.isfinite(needed))})
     return out
+
+
+@dataclass
+class OodBudgetConfig:
+    """The "ood_budget" section of a study profile (configs/study/findings.json).
+
+    starts: start kinds; num_targets: the first N test patches whose network outputs are the targets;
+    random_start: the settings to run ([False, True]: both); curve_rms: budgets of the success curve;
+    arms: arm names to run it on, or "all" (read by the runner, not here).
+    """
+
+    starts: list[str] = field(default_factory=lambda: ["uniform_noise", "natural"])
+    num_targets: int = 20
+    tolerance: dict = field(default_factory=lambda: {"max_point_distance_px": 1.0, "min_seg_dice": 0.8})
+    rms_max: float = 0.5
+    iterations: int = 6
+    steps: int = 200
+    lr: float = 0.01
+    optimizer: str = "adamax"
+    random_start: list[bool] = field(default_factory=lambda: [False, True])
+    curve_rms: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3125, 0.5])
+    arms: list[str] | str = "all"
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str = "ood_budget") -> OodBudgetConfig:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where} must be an object, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        cfg = cls(**dict(d))
+        bad = [k for k in cfg.starts if k not in START_KINDS]
+        if not cfg.starts or bad:
+            raise ValueError(f"{where}.starts must name start kinds from {START_KINDS}, got {cfg.starts}")
+        for key, minimum in (("num_targets", 1), ("iterations", 1), ("steps", 1)):
+            v = getattr(cfg, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise ValueError(f"{where}.{key} must be an integer >= {minimum}, got {v!r}")
+        if not (isinstance(cfg.rms_max, (int, float)) and 0 < cfg.rms_max < math.inf):
+            raise ValueError(f"{where}.rms_max must be a per-pixel RMS > 0, got {cfg.rms_max!r}")
+        if not cfg.random_start or any(not isinstance(v, bool) for v in cfg.random_start):
+            raise ValueError(f"{where}.random_start must be a list of true/false, got {cfg.random_start!r}")
+        tol = dict(cfg.tolerance)
+        unknown = sorted(set(tol) - {"max_point_distance_px", "min_seg_dice"})
+        if unknown:
+            raise ValueError(f"{where}.tolerance: unknown key(s) {unknown}")
+        Tolerance(**tol)  # validates
+        return cfg
+
+    @property
+    def tol(self) -> Tolerance:
+        return Tolerance(**self.tolerance)
+
+
+def start_images(kind: str, n: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    """(n, 1, H, W) start images of one kind; noise seeded by (seed, kind)."""
+    from diskrobust.attacks import box_noise, natural_images, uniform_noise
+
+    if kind not in START_KINDS:
+        raise ValueError(f"unknown start kind {kind!r}; choose from {START_KINDS}")
+    gen = torch.Generator().manual_seed(_seed(seed, START_KINDS.index(kind), -1 % (2**31)))
+    if kind == "uniform_noise":
+        return uniform_noise(n, size, generator=gen)
+    if kind == "box_noise":
+        return box_noise(n, size, generator=gen)
+    return natural_images(n, size)[0]
+
+
+def run_ood_budget(model: nn.Module, test_images: torch.Tensor, config: OodBudgetConfig | Mapping,
+                   seed: int = 0) -> dict:
+    """The whole budget search of one model: per start kind and random-start setting, the rows, the
+    summary and the success curve. Targets are the network's own outputs on the first
+    `num_targets` test images (`diskrobust.attacks.targets_from_model`), as in the OOD sweep.
+
+    Returns {"rows": [...], "summaries": {label: summary}, "curves": {label: [fractions]},
+    "curve_rms": [...], "tolerance": text, "shape": (H, W)} with label "<start> / <from start|random start>".
+    """
+    from diskrobust.attacks import targets_from_model
+
+    cfg = config if isinstance(config, OodBudgetConfig) else OodBudgetConfig.from_dict(config)
+    images = torch.as_tensor(test_images)[: cfg.num_targets]
+    device = next(model.parameters()).device
+    targets = {k: v.cpu() for k, v in targets_from_model(model, images.to(device)).items()}
+    size = tuple(images.shape[-2:])
+    rows, summaries, curves = [], {}, {}
+    for kind in cfg.starts:
+        starts = start_images(kind, images.shape[0], size, seed)
+        for rs in cfg.random_start:
+            got = minimal_ood_budget(model, starts, targets, cfg.tol, cfg.rms_max, cfg.iterations, cfg.steps, cfg.lr,
+                                     cfg.optimizer, rs, seed, kind)
+            label = f"{kind} / {'random start' if rs else 'from start'}"
+            rows += got
+            summaries[label] = budget_summary(got)
+            curves[label] = success_curve(got, cfg.curve_rms)
+    return {"rows": rows, "summaries": summaries, "curves": curves, "curve_rms": list(cfg.curve_rms),
+            "tolerance": cfg.tol.text(), "shape": size}
