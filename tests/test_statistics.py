@@ -256,3 +256,24 @@ def test_budget_rows_feed_the_findings():
     assert decide_findings(cfg, rows)[0].verdict == "reproduced"
     rows["A"] = {s: finding_rows(budget(0.05, s)) for s in range(3)}
     assert decide_findings(cfg, rows)[0].verdict == "not reproduced"
+
+
+def test_findings_from_written_csv_files(tmp_path):
+    from diskrobust.study.results import ROW_COLUMNS, write_rows_csv
+    from diskrobust.study.statistics import StatisticsConfig, decide_findings, findings_summary_markdown, load_arm_rows
+
+    rng = np.random.default_rng(0)
+    disk = rng.normal(0, 1, 30)
+    paths = {}
+    for arm, shift in (("A", -1.0), ("B", 0.0)):
+        for seed in range(3):
+            rows = [{k: "" for k in ROW_COLUMNS} | {"sample_id": i, "sweep": "ind", "attack": "linf", "head": "points",
+                                                   "eps": 0.07, "point_error_px": float(5 + shift + disk[i] + rng.normal(0, .3))}
+                    for i in range(30)]
+            paths.setdefault(arm, {})[seed] = write_rows_csv(tmp_path / f"{arm}{seed}.csv", rows)
+    cfg = StatisticsConfig.from_dict({"n_boot": 500, "findings": [
+        {"id": "f1", "claim": "A lowers the error", "a": "A", "b": "B", "metric": "point_error_px",
+         "direction": "less", "smallest_effect": 0.3, "eps": [0.07]}]})
+    res = decide_findings(cfg, load_arm_rows(paths))
+    lines = findings_summary_markdown(res)
+    assert res[0].verdict == "reproduced" and "**reproduced**" in lines[2] and "(eps 0.07)" in lines[2]

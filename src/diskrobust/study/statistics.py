@@ -51,7 +51,7 @@ __all__ = [
     "Estimate", "as_matrix", "bootstrap_means", "bootstrap_estimate", "paired_difference", "holm",
     "bootstrap_pvalue", "FindingSpec", "EpsDecision", "FindingResult", "decide_finding", "values_matrix",
     "paired_matrices", "finding_markdown", "sampled_shape_variance", "variance_matched_c_max",
-    "StatisticsConfig", "decide_findings",
+    "StatisticsConfig", "decide_findings", "load_arm_rows", "findings_summary_markdown",
 ]
 
 SCHEMES = ("crossed", "nested")
@@ -423,6 +423,25 @@ def decide_findings(cfg: StatisticsConfig, rows: Mapping[str, Mapping[int, Seque
         a_by, b_by = paired_matrices(rows, spec)
         out.append(decide_finding(spec, a_by, b_by, cfg.alpha, cfg.level, cfg.n_boot, cfg.seed, cfg.scheme))
     return out
+
+
+def findings_summary_markdown(results: Sequence[FindingResult], digits: int = 2) -> list[str]:
+    """One table over all findings: claim, verdict, and the difference at the eps with the largest |effect|."""
+    lines = ["| finding | claim | verdict | largest difference a - b (eps) | smallest effect that counts |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        d = max(r.decisions, key=lambda x: abs(x.diff.mean))
+        lines.append(f"| {r.spec.id} | {r.spec.claim} | **{r.verdict}** | {d.diff.text(digits)} (eps {d.eps:g}) | "
+                     f"{r.spec.smallest_effect:g} |")
+    return lines
+
+
+def load_arm_rows(per_sample_csvs: Mapping[str, Mapping[int, str]]) -> dict[str, dict[int, list[dict]]]:
+    """{arm: {seed: per_sample.csv path}} -> {arm: {seed: rows}} (the sweep's CSV, `results.read_rows_csv`)."""
+    from diskrobust.study.results import read_rows_csv
+
+    return {arm: {int(seed): read_rows_csv(path) for seed, path in by_seed.items()}
+            for arm, by_seed in per_sample_csvs.items()}
 
 
 # ------------------------------------------------------------------------------- rows -> matrices
