@@ -277,3 +277,18 @@ def test_findings_from_written_csv_files(tmp_path):
     res = decide_findings(cfg, load_arm_rows(paths))
     lines = findings_summary_markdown(res)
     assert res[0].verdict == "reproduced" and "**reproduced**" in lines[2] and "(eps 0.07)" in lines[2]
+
+
+def test_variance_matched_c_max_from_the_training_split(tiny_phantom):
+    from diskrobust.data.dataset_io import load_datalist
+    from diskrobust.data.datasets import build_patch_bank
+    from diskrobust.study.statistics import variance_matched_c_max_for_training
+
+    entries = load_datalist(tiny_phantom / "datalist.json", "training")
+    got = variance_matched_c_max_for_training(entries, 64, 1.0, 3, 10, 2.0)
+    bank = build_patch_bank(entries, patch_size=64, patch_spacing_mm=1.0, progress=False)
+    pca = ShapePCA.fit(np.asarray(bank.points))
+    assert got["patches"] == len(bank.points)
+    assert got["c_max"] == pytest.approx(variance_matched_c_max(pca.eigenvalues, 3, 10, 2.0))
+    assert got["c_max"] > 2.0  # fewer modes need a wider range for the same variance
+    assert sampled_shape_variance(pca.eigenvalues, 3, got["c_max"]) == pytest.approx(got["variance_px2"])

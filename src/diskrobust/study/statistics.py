@@ -52,6 +52,7 @@ __all__ = [
     "bootstrap_pvalue", "FindingSpec", "EpsDecision", "FindingResult", "decide_finding", "values_matrix",
     "paired_matrices", "finding_markdown", "sampled_shape_variance", "variance_matched_c_max",
     "StatisticsConfig", "decide_findings", "load_arm_rows", "findings_summary_markdown",
+    "variance_matched_c_max_for_training",
 ]
 
 SCHEMES = ("crossed", "nested")
@@ -537,3 +538,27 @@ def variance_matched_c_max(eigenvalues, n_modes: int = 3, reference_modes: int =
     target = sampled_shape_variance(eigenvalues, reference_modes, reference_c_max)
     own = sampled_shape_variance(eigenvalues, n_modes, 1.0)
     return float(math.sqrt(target / own))
+
+
+def variance_matched_c_max_for_training(training_entries: Sequence[Mapping], patch_size: int, patch_spacing_mm: float,
+                                        n_modes: int = 3, reference_modes: int = 10,
+                                        reference_c_max: float = 2.0) -> dict:
+    """`variance_matched_c_max` for the PCA the training bundle fits on these training entries.
+
+    training_entries: the datalist's training entries the arm trains on (after any subset); the
+    patch bank and `ShapePCA.fit` are the ones the bundle uses, so the value is the one the arm needs
+    before it is trained. Returns {"c_max", "eigenvalues" (first reference_modes), "variance_px2",
+    "patches"}.
+    """
+    from diskrobust.data.datasets import build_patch_bank
+    from diskrobust.transforms.shape_augment import ShapePCA
+
+    if not training_entries:
+        raise ValueError("no training entries: the shape model needs training contours")
+    bank = build_patch_bank(list(training_entries), patch_size=patch_size, patch_spacing_mm=patch_spacing_mm,
+                            progress=False)
+    pca = ShapePCA.fit(np.asarray(bank.points))
+    c = variance_matched_c_max(pca.eigenvalues, n_modes, reference_modes, reference_c_max)
+    return {"c_max": c, "eigenvalues": pca.eigenvalues[:reference_modes].tolist(),
+            "variance_px2": sampled_shape_variance(pca.eigenvalues, reference_modes, reference_c_max),
+            "patches": int(len(bank.points))}
