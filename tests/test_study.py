@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +103,96 @@ def test_tiny_study_end_to_end_resume_and_failing_arm(tmp_path, tiny_phantom):
     again = {o.arm.name: o.status for o in run_study(study, progress=False)}
     assert again["P3-std"] == "skipped" and again["P3-adv_r"] == "skipped"
     assert model.stat().st_mtime_ns == mtime
+
+
+def test_grid_names_closest_keys_checks_types_and_refuses_duplicate_arms(tmp_path):
+    with pytest.raises(DataError, match=r"unknown keys 'shape_mode' \(did you mean 'shape_modes'\?\)"):
+        load_study_config(_write(tmp_path, {"shape_mode": [3]}))
+    with pytest.raises(DataError, match=r"unknown keys in dataset 'phantom_subject' \(did you mean 'phantom_subjects'"):
+        load_study_config(_write(tmp_path, {"dataset": {"phantom_subject": 4}}))
+    with pytest.raises(DataError, match=r"'adv-r' \(did you mean 'adv_r'"):
+        load_study_config(_write(tmp_path, {"methods": ["std", "adv-r"]}))
+    with pytest.raises(DataError, match=r"shape_modes lists \[3\] more than once"):
+        load_study_config(_write(tmp_path, {"shape_modes": [3, 3]}))
+    with pytest.raises(DataError, match=r"methods lists \['std'\] more than once"):
+        load_study_config(_write(tmp_path, {"methods": ["std", "adv_r", "std"]}))
+    for bad, what in [({"seed": True}, "seed must be an integer"), ({"jobs": "2"}, "jobs must be an integer"),
+                      ({"shape_modes": [3, "5"]}, "shape_modes must be a non-empty list of positive integers"),
+                      ({"train": ["epochs", 1]}, "train must be an object"), ({"retries": -1}, "retries must be >= 0"),
+                      ({"resources": {"gpus_per_arm": "1"}}, "resources.gpus_per_arm must be a number")]:
+        with pytest.raises(DataError, match=what):
+            load_study_config(_write(tmp_path, bad))
+    cfg = load_study_config(_write(tmp_path, {"retries": 2, "resources": {"cpus_per_arm": 2, "gpus_per_arm": 0.5}}))
+    assert cfg.retries == 2 and cfg.resources == {"cpus_per_arm": 2, "gpus_per_arm": 0.5}
+
+
+# ------------------------------------------------------------------ interruptions: no orphan, no second writer
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def _gone(pid: int) -> bool:
+    """Not running: absent, or a zombie waiting for init to reap it."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) in ("Z", "X")
+    except OSError:
+        return True
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _start_runner(config: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "diskrobust", "study", "--config", str(config), "--out", str(out),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _bundle_child(runner: subprocess.Popen, arm_dir: Path) -> int:
+    """The pid of the runner's bundle child once it trains `arm_dir`."""
+    _wait_for(lambda: (arm_dir / "train.running.json").is_file() or runner.poll() is not None, 120, "the training stage")
+    assert runner.poll() is None, runner.stdout.read()
+    return _wait_for(lambda: _children(runner.pid), 30, "the bundle child")[0]
+
+
+@pytest.mark.slow
+def test_killed_runner_takes_its_bundle_child_along_and_a_second_runner_is_refused(tmp_path, tiny_phantom):
+    config = _write(tmp_path, {"name": "kill", "shape_modes": [3], "methods": ["std"],
+                               "dataset": {"dataset_dir": str(tiny_phantom)},
+                               "train": {"epochs": 50, "samples_per_epoch": 8, "batch_size": 4, "width": 8,
+                                         "num_workers": 0}})
+    out = tmp_path / "out"
+    arm_dir = out / "arms" / "P3-std"
+
+    runner = _start_runner(config, out)
+    child = _bundle_child(runner, arm_dir)
+    # a second run on the same folder is refused, naming the holder
+    second = subprocess.run([sys.executable, "-m", "diskrobust", "study", "--config", str(config), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and f"pid {runner.pid}" in second.stderr, second.stderr
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    _wait_for(lambda: _gone(child), 10, f"the orphaned bundle child {child} to die")
+
+    # the rerun takes the stale lock over, and SIGTERM stops it together with its child
+    runner = _start_runner(config, out)
+    child = _bundle_child(runner, arm_dir)
+    os.kill(runner.pid, signal.SIGTERM)
+    assert runner.wait(timeout=30) == 143
+    assert _gone(child)
+    assert (out / ".diskrobust.lock").read_text() == ""  # released on the way out
+    moved = list((arm_dir / "previous").glob("*"))
+    assert moved and (moved[0] / "train.log").is_file()  # the killed run's partial training was set aside
