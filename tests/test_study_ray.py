@@ -1,5 +1,6 @@
-"""The study on a real local Ray instance (127.0.0.1): the same results as the local engine, a worker
-killed mid-arm retried, a killed driver resumed. One Ray instance for the module."""
+"""The study on a real local Ray instance: the same results as the local engine, a worker killed
+mid-arm retried, a killed driver resumed, an evaluation split across workers. One Ray instance
+for the module; the local engine's results come from the session's `tiny_study` (conftest)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,10 @@ import pytest
 # the optional [cluster] extra; .ci/run installs it, so CI always runs these
 ray = pytest.importorskip("ray", reason='the Ray engine needs pip install -e ".[cluster]"')
 
-from diskrobust.study.grid import Arm, load_study_config  # noqa: E402
+from diskrobust.study.grid import Arm, StudyConfig, load_study_config  # noqa: E402
 from diskrobust.study.runner import run_study  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "train": {"epochs": 1, "samples_per_epoch": 8, "batch_size": 4, "width": 8, "num_workers": 0},
-    "adversarial": {"adv_steps": 2, "adv_ramp_epochs": 1},
-    "evaluation": {"sweep_overrides": {"num_samples": 3, "batch_size": 3, "tensorboard_images": 1,
-                                       "ind": {"eps": {"linf": [0.02]}, "heads": ["points"], "steps": 2},
-                                       "ood": {"starts": ["uniform_noise"], "steps": 2, "num_samples": 2}}},
-}
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +34,17 @@ def ray_address():
         ray.shutdown()
 
 
-def _config(tmp_path: Path, phantom: Path, name: str, methods: list[str], **extra) -> Path:
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps({"name": name, "shape_modes": [3], "methods": methods,
-                                "dataset": {"dataset_dir": str(phantom)}, **TINY, **extra}))
+def _config(folder: Path, local: StudyConfig, methods: list[str], **extra) -> Path:
+    """The local tiny study's grid (tests/conftest.py) on P3 only: its arms must equal the local P3 arms."""
+    path = folder / f"ray_{'_'.join(methods)}.json"
+    path.write_text(json.dumps({**local.to_dict(), "shape_modes": [3], "methods": methods, **extra}))
     return path
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory) -> Path:
+    """One study folder for the module: the second test resumes what the first one left."""
+    return tmp_path_factory.mktemp("ray_study")
 
 
 def _children(pid: int) -> list[int]:
@@ -95,13 +94,20 @@ def _rows(arm_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_ray_study_equals_local_and_a_killed_worker_is_retried(tmp_path, tiny_phantom, ray_address):
+def _same_as_local(ours: Path, local: Path) -> None:
+    import torch
+
+    assert _rows(ours) == _rows(local)
+    a = torch.load(ours / "models" / "model.pt", weights_only=True)
+    b = torch.load(local / "models" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ray_study_equals_local_and_a_killed_worker_is_retried(study_dir, tiny_study, ray_address):
     import threading
 
-    local = load_study_config(_config(tmp_path, tiny_phantom, "tiny", ["std"]), tmp_path / "local")
-    assert [o.status for o in run_study(local, progress=False)] == ["done"]
-
-    study = load_study_config(_config(tmp_path, tiny_phantom, "tiny", ["std"], retries=1), tmp_path / "ray")
+    local, _ = tiny_study
+    study = load_study_config(_config(study_dir, local, ["std"], retries=1), study_dir / "out")
     arm_dir = study.arm_dir(Arm(3, "std"))
     killed: dict[str, int] = {}
 
@@ -118,28 +124,21 @@ def test_ray_study_equals_local_and_a_killed_worker_is_retried(tmp_path, tiny_ph
     assert outcome.status == "done", outcome.error
     assert outcome.attempts == {"train": 2, "evaluate": 1}
     assert _gone(killed["bundle"])  # the killed worker's bundle child died with it
-    assert "| P3-std | done |" in (study.output_dir / "report.md").read_text()
-
-    assert _rows(arm_dir) == _rows(local.arm_dir(Arm(3, "std")))
-    import torch
-
-    ours = torch.load(arm_dir / "models" / "model.pt", weights_only=True)
-    theirs = torch.load(local.arm_dir(Arm(3, "std")) / "models" / "model.pt", weights_only=True)
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert "| P3-std | done | " in (report := (study.output_dir / "report.md").read_text()) and "| 2, 1 |" in report
+    _same_as_local(arm_dir, local.arm_dir(Arm(3, "std")))
 
 
-def test_killed_driver_leaves_no_orphan_and_the_study_resumes(tmp_path, tiny_phantom, ray_address):
-    # a finished standard arm from an earlier run: only the fine-tuned arm has work left
-    first = load_study_config(_config(tmp_path, tiny_phantom, "resume", ["std"]), tmp_path / "study")
-    run_study(first, progress=False, engine="ray")
-    std_model = first.arm_dir(Arm(3, "std")) / "models" / "model.pt"
-    mtime = std_model.stat().st_mtime_ns
+def test_killed_driver_leaves_no_orphan_and_the_study_resumes(study_dir, tiny_study, ray_address):
+    local, _ = tiny_study
+    out = study_dir / "out"
+    std_model = out / "arms" / "P3-std" / "models" / "model.pt"
+    mtime = std_model.stat().st_mtime_ns  # finished by the test above
 
-    config = _config(tmp_path, tiny_phantom, "resume", ["std", "adv_r"])
-    driver = subprocess.Popen([sys.executable, "-m", "diskrobust", "study", "--config", str(config), "--out",
-                               str(first.output_dir), "--engine", "ray", "--address", ray_address, "--no-progress"],
+    config = _config(study_dir, local, ["std", "adv_r"])
+    driver = subprocess.Popen([sys.executable, "-m", "diskrobust", "study", "--config", str(config), "--out", str(out),
+                               "--engine", "ray", "--address", ray_address, "--no-progress"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    adv_dir = first.arm_dir(Arm(3, "adv_r"))
+    adv_dir = out / "arms" / "P3-adv_r"
     try:
         worker, bundle = _running_stage(adv_dir)
     finally:
@@ -148,8 +147,15 @@ def test_killed_driver_leaves_no_orphan_and_the_study_resumes(tmp_path, tiny_pha
     # Ray ends a dead driver's tasks; the bundle child dies with its worker
     _wait_for(lambda: _gone(bundle), 60, "the bundle child of the killed driver's task to die")
 
-    study = load_study_config(config, first.output_dir)
+    # resumed with the evaluation split across workers: one task per IND head and OOD start
+    split = _config(study_dir, local, ["std", "adv_r"], resources={"split_evaluation": True})
+    study = load_study_config(split, out)
     outcomes = {o.arm.name: o for o in run_study(study, progress=False, engine="ray")}
     assert outcomes["P3-std"].status == "skipped" and std_model.stat().st_mtime_ns == mtime
-    assert outcomes["P3-adv_r"].status == "done" and outcomes["P3-adv_r"].attempts == {"train": 1, "evaluate": 1}
+    adv = outcomes["P3-adv_r"]
+    assert adv.status == "done", adv.error
+    assert adv.attempts == {"train": 1, "evaluate:0": 1, "evaluate:1": 1, "evaluate:2": 1, "evaluate": 1}
     assert list((adv_dir / "previous").glob("*")), "the interrupted training was not set aside"
+    events = [json.loads(line) for line in (adv_dir / "eval" / "sweep.log").read_text().splitlines()]
+    assert {e["event"] for e in events} == {"start", "reused", "done"}  # the parts did every unit
+    _same_as_local(adv_dir, local.arm_dir(Arm(3, "adv_r")))

@@ -54,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
         print("study interrupted: its bundle runs were stopped; run the same command again to resume",
               file=sys.stderr)
         return 130
+    from diskrobust.study.report import summary_lines
+
     failed = [o.arm.name for o in outcomes if o.status == "failed"]
-    print(f"report: {cfg.output_dir / 'report.md'}")
-    print(f"TensorBoard: tensorboard --logdir {cfg.output_dir / 'arms'}")
+    print("\n".join(summary_lines(cfg, outcomes)))
     if failed:
         print(f"failed arms: {', '.join(failed)} (see arm_failed.json in each arm's folder)", file=sys.stderr)
         return 1

@@ -90,12 +90,13 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "evaluation": ((dict,), "an object of lumbar_disk_attack overrides"),
     "reduced": ((list,), "a list of texts (what the profile cuts from the paper)"),
     "retries": ((int,), "an integer >= 0 (times a failed stage is tried again)"),
-    "resources": ((dict,), "an object with cpus_per_arm, gpus_per_arm (Ray engine)"),
+    "resources": ((dict,), "an object with cpus_per_arm, gpus_per_arm, split_evaluation (Ray engine)"),
 }
 _KNOWN = set(_SCHEMA)
 _DATASET = {"dataset_dir": ((str,), "a dataset folder"), "phantom_subjects": ((int,), "an integer >= 1"),
             "seed": ((int,), "an integer")}
-_RESOURCES = {"cpus_per_arm": ((int, float), "a number > 0"), "gpus_per_arm": ((int, float), "a number >= 0")}
+_RESOURCES = {"cpus_per_arm": ((int, float), "a number > 0"), "gpus_per_arm": ((int, float), "a number >= 0"),
+              "split_evaluation": ((bool,), "true or false (Ray: one task per IND head and OOD start)")}
 
 
 def closest(word: str, choices: Iterable[str]) -> list[str]:
@@ -118,7 +119,7 @@ def _check_types(raw: dict, schema: dict, path: Path, where: str = "") -> None:
     for key, value in raw.items():
         types, what = schema[key]
         # bool is an int in Python: `"seed": true` is a slip, not seed 1
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise DataError(path, f"{where + '.' if where else ''}{key} must be {what}, got {value!r}")
 
 

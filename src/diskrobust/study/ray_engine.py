@@ -64,13 +64,23 @@ def run_ray(cfg: StudyConfig, arms: list[Arm], resume: bool, retries: int, notif
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
     try:
         opts = task_resources(cfg, ray.cluster_resources())
-        remote = ray.remote(stage_task).options(max_retries=retries, retry_exceptions=[ArmFailed], **opts)
+        remote = ray.remote(stage_task)
+
+        def submit(arm: Arm, stage: str, *after):
+            return remote.options(name=f"{arm.name}:{stage}", max_retries=retries, retry_exceptions=[ArmFailed],
+                                  **opts).remote(cfg, arm, stage, resume, *after)
+
+        # one large evaluation split into parts (one task per IND head and OOD start), then the
+        # whole, which only reuses the parts' units and writes the tables
+        parts = len(stages.evaluation_parts(cfg)) if cfg.resources.get("split_evaluation") else 0
         queue = [a for a in arms if a.method == "std"] + [a for a in arms if a.method != "std"]
-        train, evaluate = {}, {}
+        train, evaluate, tasks = {}, {}, []
         for arm in queue:
             after = [train[arm.base]] if arm.method != "std" and arm.base in train else []
-            train[arm] = remote.options(name=f"{arm.name}:train").remote(cfg, arm, "train", resume, *after)
-            evaluate[arm] = remote.options(name=f"{arm.name}:evaluate").remote(cfg, arm, "evaluate", resume, train[arm])
+            train[arm] = submit(arm, "train", *after)
+            split = [submit(arm, f"evaluate:{k}", train[arm]) for k in range(parts)]
+            evaluate[arm] = submit(arm, "evaluate", train[arm], *split)
+            tasks += [train[arm], *split, evaluate[arm]]
         pending = {ref: arm for arm, ref in evaluate.items()}
         outcomes: dict[Arm, ArmOutcome] = {}
         try:
@@ -88,7 +98,7 @@ def run_ray(cfg: StudyConfig, arms: list[Arm], resume: bool, retries: int, notif
                     outcomes[arm] = stages.failed_outcome(cfg, arm, message)
                 notify(outcomes[arm])
         except BaseException:  # interrupted: no task may go on writing into the study folder
-            for ref in list(train.values()) + list(evaluate.values()):
+            for ref in tasks:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
             raise

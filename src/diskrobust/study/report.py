@@ -176,3 +176,22 @@ def write_study_report(cfg: StudyConfig, outcomes: list[ArmOutcome]) -> Path:
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report
+
+
+def summary_lines(cfg: StudyConfig, outcomes: list[ArmOutcome]) -> list[str]:
+    """What the console shows at the end: one row per arm, the path of every report, TensorBoard."""
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    width = max(len(o.arm.name) for o in outcomes)
+    lines = [f"study {cfg.name}: {counts['done']} done, {counts['skipped']} finished earlier, {counts['failed']} failed",
+             f"  {'arm':<{width}}  {'status':<8} {'train s':>8} {'eval s':>8}  tries"]
+    for o in outcomes:
+        tries = "/".join(str(o.attempts.get(s, "-")) for s in ("train", "evaluate")) if o.attempts else "-"
+        secs = [f"{o.stages[s]:8.0f}" if s in o.stages else f"{'-':>8}" for s in ("train", "evaluate")]
+        lines.append(f"  {o.arm.name:<{width}}  {o.status:<8} {secs[0]} {secs[1]}  {tries}")
+        if o.status == "failed":
+            lines.append(f"  {'':<{width}}  {(o.error.splitlines() or [''])[0]}")
+    lines.append("reports:")
+    lines.append(f"  {cfg.output_dir / 'report.md'}")
+    lines += [f"  {p}" for o in outcomes if (p := cfg.arm_dir(o.arm) / "eval" / "report.md").is_file()]
+    lines.append(f"TensorBoard: tensorboard --logdir {cfg.output_dir / 'arms'}")
+    return lines

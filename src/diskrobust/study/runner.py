@@ -10,6 +10,7 @@ arm is recorded and the others go on, and each arm's log is a file.
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
@@ -20,6 +21,7 @@ from diskrobust.study import stages
 from diskrobust.study.grid import Arm, StudyConfig
 from diskrobust.study.outcomes import ArmFailed, ArmOutcome
 from diskrobust.study.processes import Interrupted, forward_signals
+from diskrobust.study.progress import ProgressPrinter
 from diskrobust.study.report import write_study_report
 from diskrobust.study.results import atomic_write_json
 from diskrobust.study.stages import ordered_arms  # noqa: F401  (part of the runner's interface)
@@ -116,18 +118,23 @@ def run_study(cfg: StudyConfig, resume: bool = True, progress: bool = True, jobs
                 todo.append(arm)
         bar = tqdm(total=len(arms), desc=f"study {cfg.name} ({engine})", unit="arm", disable=not progress)
 
+        reported = []
+
         def notify(outcome: ArmOutcome) -> None:
+            reported.append(outcome.arm)
             bar.update(1)
-            tqdm.write(f"[{bar.n}/{len(arms)}] {outcome.arm.name}: {outcome.note()}")
+            tqdm.write(f"[{len(reported)}/{len(arms)}] {outcome.arm.name}: {outcome.note()}")
 
         for arm in arms:
             if arm in outcomes:
                 notify(outcomes[arm])
         if todo:
-            if execute is None:
-                outcomes.update(run_local(cfg, todo, resume, retries, jobs, notify))
-            else:
-                outcomes.update(execute(cfg, todo, resume, retries, notify, address=address))
+            watch = ProgressPrinter(cfg, todo, tqdm.write) if progress else contextlib.nullcontext()
+            with watch:
+                if execute is None:
+                    outcomes.update(run_local(cfg, todo, resume, retries, jobs, notify))
+                else:
+                    outcomes.update(execute(cfg, todo, resume, retries, notify, address=address))
         bar.close()
         ordered = [outcomes[arm] for arm in arms]
         write_study_report(cfg, ordered)

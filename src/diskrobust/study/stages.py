@@ -68,10 +68,12 @@ def train_stage(cfg: StudyConfig, arm: Arm) -> tuple[list[str], Path]:
     return bundle_command("training", files, overrides), arm_dir / "models" / "model.pt"
 
 
-def evaluate_stage(cfg: StudyConfig, arm: Arm) -> tuple[list[str], Path]:
-    """The attack-bundle command that evaluates `arm` and its output folder."""
+def evaluate_stage(cfg: StudyConfig, arm: Arm, sweep_overrides: dict[str, Any] | None = None,
+                   eval_dir: Path | None = None) -> tuple[list[str], Path]:
+    """The attack-bundle command that evaluates `arm` and its output folder (a part of the
+    evaluation: its `sweep_overrides` and folder)."""
     arm_dir = cfg.arm_dir(arm)
-    eval_dir = arm_dir / "eval"
+    eval_dir = eval_dir or arm_dir / "eval"
     overrides: dict[str, Any] = {
         "ckpt_path": arm_dir / "models" / "model.pt",
         "dataset_dir": cfg.dataset_dir,
@@ -79,6 +81,8 @@ def evaluate_stage(cfg: StudyConfig, arm: Arm) -> tuple[list[str], Path]:
         "progress": False,
         **{k: v for k, v in cfg.evaluation.items()},
     }
+    if sweep_overrides is not None:
+        overrides["sweep_overrides"] = sweep_overrides
     if "width" in cfg.train:
         overrides.setdefault("network_def#width", cfg.train["width"])
     for key in ("patch_size", "patch_spacing_mm"):  # the network must see patches as it was trained on them
@@ -87,8 +91,62 @@ def evaluate_stage(cfg: StudyConfig, arm: Arm) -> tuple[list[str], Path]:
     return bundle_command("evaluating", [ATTACK_BUNDLE / "configs" / "evaluate.json"], overrides), eval_dir
 
 
+def evaluation_parts(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Sweep overrides that split one evaluation into independent parts: one per IND (attack, head)
+    and one per OOD (start, head), each with its whole epsilon grid.
+
+    A part is the attack bundle restricted to its units; a unit's result (and its fingerprint)
+    does not depend on which other units run with it (its seed derives from its own name), so the
+    parts' unit files are exactly the units of the whole evaluation, which then only reuses them.
+    """
+    from diskrobust.study.sweep import _deep_merge, load_profile
+
+    overrides = cfg.evaluation.get("sweep_overrides", {})
+    sweep = load_profile(cfg.evaluation.get("profile", "cpu-quick"), ATTACK_BUNDLE / "configs" / "profiles", overrides)
+    parts = []
+    if sweep.ind.enabled:
+        parts += [{"ind": {"attacks": [a], "heads": [h]}, "ood": {"enabled": False}}
+                  for a in sweep.ind.attacks for h in sweep.ind.heads]
+    if sweep.ood.enabled:
+        parts += [{"ind": {"enabled": False}, "ood": {"starts": [s], "heads": [h]}}
+                  for s in sweep.ood.starts for h in sweep.ood.heads]
+    return [_deep_merge(overrides, part) for part in parts]
+
+
+def part_dir(cfg: StudyConfig, arm: Arm, part: int) -> Path:
+    return cfg.arm_dir(arm) / "eval_parts" / f"part{part}"
+
+
 def marker(cfg: StudyConfig, arm: Arm, stage: str) -> Path:
+    if stage.startswith("evaluate:"):
+        return part_dir(cfg, arm, int(stage.split(":")[1])) / "part_done.json"
     return cfg.arm_dir(arm) / ("train_done.json" if stage == "train" else "arm_done.json")
+
+
+def running_file(cfg: StudyConfig, arm: Arm, stage: str) -> Path:
+    return cfg.arm_dir(arm) / f"{stage.replace(':', '-part')}.running.json"
+
+
+def progress_log(cfg: StudyConfig, arm: Arm, stage: str) -> Path:
+    """The file a stage's progress is read from: the training log, or the sweep's event log."""
+    if stage == "train":
+        return cfg.arm_dir(arm) / "train.log"
+    if stage == "evaluate":
+        return cfg.arm_dir(arm) / "eval" / "sweep.log"
+    return part_dir(cfg, arm, int(stage.split(":")[1])) / "eval" / "sweep.log"
+
+
+def _gather_parts(cfg: StudyConfig, arm: Arm, eval_dir: Path) -> int:
+    """Copy the finished parts' unit files into the evaluation's units/ (they are this model's:
+    a new training sets the old parts aside)."""
+    copied = 0
+    for done in sorted((cfg.arm_dir(arm) / "eval_parts").glob("part*/part_done.json")):
+        for unit in (done.parent / "eval" / "units").rglob("*.json"):
+            dest = eval_dir / "units" / unit.relative_to(done.parent / "eval" / "units")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(unit, dest)
+            copied += 1
+    return copied
 
 
 def _read_json(path: Path) -> dict:
@@ -118,7 +176,8 @@ def _set_aside(arm_dir: Path, attempt: int) -> None:
     """Move what an unfinished (or discarded) training left in the arm folder into `previous/`:
     a fresh training must not start in a folder holding another run's checkpoints, and nothing is
     deleted silently."""
-    leftovers = [arm_dir / n for n in ("models", "logs", "train.log", "train_done.json", "arm_done.json") if (arm_dir / n).exists()]
+    leftovers = [arm_dir / n for n in ("models", "logs", "train.log", "train_done.json", "arm_done.json", "eval_parts")
+                 if (arm_dir / n).exists()]
     if not leftovers:
         return
     dest = arm_dir / "previous" / f"{time.strftime('%Y%m%d-%H%M%S')}-attempt{attempt}-pid{os.getpid()}"
@@ -148,7 +207,7 @@ def run_stage(cfg: StudyConfig, arm: Arm, stage: str, resume: bool = True) -> di
                 "attempt": 0}
     arm_dir.mkdir(parents=True, exist_ok=True)
     attempt = _count_attempt(cfg, arm, stage)
-    running = arm_dir / f"{stage}.running.json"  # who runs it: the progress view and the tests read it
+    running = running_file(cfg, arm, stage)  # who runs it: the progress view and the tests read it
     atomic_write_json(running, {"stage": stage, "attempt": attempt, "pid": os.getpid(),
                                 "host": socket.gethostname(), "started": time.time()})
     try:
@@ -163,11 +222,22 @@ def run_stage(cfg: StudyConfig, arm: Arm, stage: str, resume: bool = True) -> di
         else:
             if not (arm_dir / "train_done.json").is_file():
                 raise ArmFailed(f"{arm.name}: cannot evaluate, its training did not finish")
-            cmd, _ = evaluate_stage(cfg, arm)
-            seconds = run_bundle(cmd, arm_dir / "evaluate.log", f"{arm.name} evaluation", REPO_ROOT, bundle_env())
+            if stage == "evaluate":
+                cmd, eval_dir = evaluate_stage(cfg, arm)
+                _gather_parts(cfg, arm, eval_dir)  # split evaluation (Ray): the whole only reuses the parts
+                log = arm_dir / "evaluate.log"
+            else:
+                k = int(stage.split(":")[1])
+                cmd, _ = evaluate_stage(cfg, arm, evaluation_parts(cfg)[k], part_dir(cfg, arm, k) / "eval")
+                log = part_dir(cfg, arm, k) / "evaluate.log"
+            seconds = run_bundle(cmd, log, f"{arm.name} {stage.replace('evaluate:', 'evaluation part ')}",
+                                 REPO_ROOT, bundle_env())
     finally:
         running.unlink(missing_ok=True)
     stages = {}
+    if stage.startswith("evaluate:"):
+        atomic_write_json(done, {"arm": arm.name, "seconds": seconds, "command": cmd, "attempt": attempt})
+        return {"stage": stage, "status": "done", "seconds": seconds, "attempt": attempt}
     if stage == "evaluate":
         stages = {"train": float(_read_json(arm_dir / "train_done.json").get("seconds", 0.0))}
         (arm_dir / "arm_failed.json").unlink(missing_ok=True)
