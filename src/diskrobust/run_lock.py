@@ -1,15 +1,23 @@
-"""One writer per output folder: a lock file that names its holder and cannot go stale.
+"""One run per output folder: an exclusive lock that names its holder and dies with it.
 
-`RunLock(folder)` takes an exclusive `flock` on `<folder>/.diskrobust.lock` and writes the holder
-(pid, host, command, start time) into it. A second run on the same folder is refused with a
-message naming the holder's pid. The kernel drops a `flock` when its process dies, however it
-dies (kill -9 included), so a lock left by a killed run is detected (the file names a process
-that no longer holds it) and taken over; the takeover is reported, never silent.
+`RunLock(folder).acquire()` takes `<folder>/.diskrobust.lock` with `fcntl.flock` and writes the
+holder's pid, host, start time and command into it. A second run on the same folder is refused
+(`RunLockedError` naming the holder's pid). The kernel drops a flock when its process ends, however it
+ends (kill -9 included), so a lock left by a killed run is not held: the next run takes it over and
+says so. Use as a context manager or call `release()`; a bundle config acquires it in `initialize`
+and releases it in `finalize`.
+
+>>> import tempfile
+>>> folder = tempfile.mkdtemp()
+>>> with RunLock(folder) as lock:
+...     RunLock(folder).acquire()
+Traceback (most recent call last):
+...
+diskrobust.run_lock.RunLockedError: ... is in use by another run (pid ...
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -19,77 +27,83 @@ import sys
 import time
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+__all__ = ["RunLock", "RunLockedError", "LOCK_NAME"]
 
+logger = logging.getLogger(__name__)
 LOCK_NAME = ".diskrobust.lock"
 
 
-class FolderLocked(RuntimeError):
-    """Another live run holds the folder's lock; the message names its pid and what it is."""
-
-    def __init__(self, folder: Path, holder: dict):
-        self.folder, self.holder = folder, holder
-        what = holder.get("what") or "another run"
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"])) if holder.get("started") else "?"
-        super().__init__(
-            f"{folder}: in use by {what} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {since}); "
-            f"wait for it to finish, stop it (kill {holder.get('pid', '<pid>')}), or choose another output folder")
-
-
-def read_holder(folder: str | Path) -> dict:
-    """What the lock file of `folder` says about its (last) holder; {} when there is none."""
-    try:
-        return json.loads((Path(folder) / LOCK_NAME).read_text() or "{}")
-    except (OSError, json.JSONDecodeError):
-        return {}
+class RunLockedError(RuntimeError):
+    """Another live process holds the folder's lock."""
 
 
 class RunLock:
-    """Context manager: hold `folder` exclusively for this process (the folder is created).
+    """Exclusive lock on `folder` (created if missing). `enabled=False` makes it a no-op (ranks > 0)."""
 
-    Attributes after entering: `took_over` - the holder record of a dead run whose lock this one
-    took over, or None.
-    """
-
-    def __init__(self, folder: str | Path, what: str = ""):
+    def __init__(self, folder: str | Path, enabled: bool = True, what: str = "run"):
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
+        self.enabled = bool(enabled)
         self.what = what
+        self._file = None
         self.took_over: dict | None = None
-        self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    def _holder(self) -> dict:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> RunLock:
+        if not self.enabled or self._file is not None:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = read_holder(self.folder)
-            os.close(fd)
-            raise FolderLocked(self.folder, holder) from None
-        previous = read_holder(self.folder)
-        if previous.get("pid"):  # a record without a lock: its run died without releasing
+            f.close()
+            h = self._holder()
+            raise RunLockedError(
+                f"{self.folder} is in use by another run (pid {h.get('pid', '?')} on {h.get('host', '?')}, "
+                f"since {h.get('started', '?')}: {h.get('command', '?')}); wait for it to finish, stop it, "
+                "or choose another output folder") from None
+        previous = self._holder()
+        if previous.get("pid"):
+            # the file outlived its process (killed, or a crash before release): the lock is free, take it
             self.took_over = previous
-            logger.warning("%s: took over the stale lock of pid %s on %s (%s), which no longer runs",
-                           self.folder, previous.get("pid"), previous.get("host"), previous.get("what"))
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
-                  "command": " ".join(sys.argv), "started": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        os.fsync(fd)
-        self._fd = fd
+            logger.warning("%s: taking over the lock of an ended run (pid %s, started %s)", self.folder,
+                           previous.get("pid"), previous.get("started"))
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
+                            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "command": " ".join(sys.argv)[:500]}))
+        f.flush()
+        self._file = f
         return self
 
     def release(self) -> None:
-        if self._fd is None:
+        if self._file is None:
             return
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, 0)  # an empty file: released cleanly, nothing to take over
-        os.close(self._fd)  # closing drops the flock
-        self._fd = None
+        try:
+            self._file.seek(0)
+            self._file.truncate()  # an empty file: nobody to report as holder or as taken over
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+        finally:
+            self._file.close()
+            self._file = None
 
-    def __enter__(self) -> "RunLock":
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+    def __del__(self):
+        if getattr(self, "_file", None) is not None:
+            self._file.close()

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diskrobust.data.errors import DataError
-    from diskrobust.run_lock import FolderLocked
+    from diskrobust.run_lock import RunLockedError
     from diskrobust.study.grid import load_study_config
     from diskrobust.study.runner import run_study
 
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         jobs = args.jobs or cfg.jobs
         outcomes = run_study(cfg, resume=not args.no_resume, progress=not args.no_progress, jobs=jobs, engine=engine,
                              address=getattr(args, "address", None), retries=getattr(args, "retries", None))
-    except (DataError, FolderLocked, ValueError) as err:
+    except (DataError, RunLockedError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
