@@ -104,7 +104,10 @@ def run_study(cfg: StudyConfig, resume: bool = True, progress: bool = True, jobs
     with _study_lock(cfg), forward_signals():
         atomic_write_json(cfg.output_dir / "study_config.json", {**cfg.to_dict(), "engine": engine})
         ds = cfg.dataset
-        ensure_phantom(cfg.dataset_dir, subjects=int(ds.get("phantom_subjects", 40)), seed=int(ds.get("seed", cfg.seed)))
+        subjects = int(ds.get("phantom_subjects", 40))
+        if progress and not (cfg.dataset_dir / "datalist.json").is_file():
+            tqdm.write(f"phantom: generating {subjects} subjects into {cfg.dataset_dir}")
+        ensure_phantom(cfg.dataset_dir, subjects=subjects, seed=int(ds.get("seed", cfg.seed)), progress=progress)
 
         arms = ordered_arms(cfg)
         outcomes: dict[Arm, ArmOutcome] = {}
