@@ -27,7 +27,7 @@ from torch import nn
 from diskrobust import metrics
 
 __all__ = ["BASELINE_SWEEP", "NOISE_NORMS", "mean_shape", "mean_shape_rows", "uniform_noise_rows",
-           "noise_delta", "baseline_markdown"]
+           "noise_delta", "baseline_markdown", "mean_shape_baseline"]
 
 BASELINE_SWEEP = "baseline"
 NOISE_NORMS = ("linf", "l2")
@@ -174,3 +174,17 @@ def baseline_markdown(ind_rows: Sequence[Mapping], baseline_rows: Sequence[Mappi
     const = mean(baseline_rows, lambda r: r["attack"] == "mean_shape")
     lines.append("| constant mean training shape | " + " | ".join([fmt(const)] * len(eps_all)) + " |")
     return lines
+
+
+def mean_shape_baseline(datalist, shape_pca_path, patch_size: int, patch_spacing_mm: float,
+                        num_samples: int | None = None, split: str = "test") -> list[dict]:
+    """`mean_shape_rows` of the mean of a trained arm's shape model (`models/shape_pca.npz`, fitted on its
+    training split) on the first `num_samples` patches of `split`: the constant predictor next to that arm."""
+    from diskrobust.data.datasets import DiskPatchDataset
+    from diskrobust.study.sweep import load_test_set
+    from diskrobust.transforms.shape_augment import ShapePCA
+
+    pca = ShapePCA.load(shape_pca_path)
+    test = load_test_set(DiskPatchDataset(str(datalist), split, patch_size=patch_size,
+                                          patch_spacing_mm=patch_spacing_mm), num_samples)
+    return mean_shape_rows(test, pca.mean)

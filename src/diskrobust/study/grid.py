@@ -21,19 +21,33 @@ METHODS = ("std", "rand", "adv_r", "adv_s", "adv_rs")
 
 @dataclass(frozen=True)
 class Arm:
-    """One cell of the grid: a shape-variation level and a training method."""
+    """One cell of the grid: a shape-variation level and a training method.
+
+    A findings design (`blocks`) adds the training-set size, the augmentation's name and the seed;
+    its arms are named `n{train_subjects}-{augmentation}-{method}` (`design_name`, what findings
+    refer to) plus `-s{seed}`.
+    """
 
     shape_modes: int
     method: str
+    train_subjects: int | None = None
+    augmentation: str | None = None
+    seed: int | None = None
+
+    @property
+    def design_name(self) -> str:
+        if self.augmentation is None:
+            return f"P{self.shape_modes}-{self.method}"
+        return f"n{self.train_subjects}-{self.augmentation}-{self.method}"
 
     @property
     def name(self) -> str:
-        return f"P{self.shape_modes}-{self.method}"
+        return self.design_name if self.seed is None else f"{self.design_name}-s{self.seed}"
 
     @property
     def base(self) -> "Arm":
         """The standard arm this one is fine-tuned from (the paper fine-tunes the standard model)."""
-        return Arm(self.shape_modes, "std")
+        return Arm(self.shape_modes, "std", self.train_subjects, self.augmentation, self.seed)
 
 
 @dataclass
@@ -52,10 +66,21 @@ class StudyConfig:
     description: str = ""
     retries: int = 0
     resources: dict[str, Any] = field(default_factory=dict)
+    # the findings design (configs/study/findings.json); `blocks` replaces shape_modes x methods
+    seeds: list[int] = field(default_factory=list)
+    augmentations: dict[str, Any] = field(default_factory=dict)
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    baselines: dict[str, Any] = field(default_factory=dict)
+    ood_budget: dict[str, Any] = field(default_factory=dict)
+    statistics: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
 
     @property
     def arms(self) -> list[Arm]:
+        if self.blocks:
+            return [Arm(int(self.augmentations[aug]["shape_modes"]), m, int(n), aug, int(seed))
+                    for block in self.blocks for n in block["train_subjects"] for aug in block["augmentations"]
+                    for m in block["methods"] for seed in (self.seeds or [self.seed])]
         return [Arm(k, m) for k in self.shape_modes for m in self.methods]
 
     @property
@@ -63,6 +88,8 @@ class StudyConfig:
         return Path(self.dataset.get("dataset_dir") or self.output_dir / "data")
 
     def arm_dir(self, arm: Arm) -> Path:
+        if arm.seed is not None:
+            return self.output_dir / "arms" / arm.design_name / f"seed{arm.seed}"
         return self.output_dir / "arms" / arm.name
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +99,9 @@ class StudyConfig:
             "dataset": self.dataset, "train": self.train, "adversarial": self.adversarial,
             "evaluation": self.evaluation, "reduced": self.reduced, "retries": self.retries,
             "resources": self.resources,
+            **({"seeds": self.seeds, "augmentations": self.augmentations, "blocks": self.blocks,
+                "baselines": self.baselines, "ood_budget": self.ood_budget, "statistics": self.statistics}
+               if self.blocks else {}),
         }
 
 
@@ -91,6 +121,12 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "reduced": ((list,), "a list of texts (what the profile cuts from the paper)"),
     "retries": ((int,), "an integer >= 0 (times a failed stage is tried again)"),
     "resources": ((dict,), "an object with cpus_per_arm, gpus_per_arm, split_evaluation (Ray engine)"),
+    "seeds": ((list,), "a list of training seeds; every arm of `blocks` runs once per seed"),
+    "augmentations": ((dict,), "an object: augmentation name -> {shape_modes, c_max}"),
+    "blocks": ((list,), "a list of {train_subjects, augmentations, methods} (the findings design)"),
+    "baselines": ((dict,), "an object with mean_shape, uniform_noise"),
+    "ood_budget": ((dict,), "the OOD budget search (diskrobust.robustness.ood_budget.OodBudgetConfig)"),
+    "statistics": ((dict,), "the findings and their tests (diskrobust.study.statistics.StatisticsConfig)"),
 }
 _KNOWN = set(_SCHEMA)
 _DATASET = {"dataset_dir": ((str,), "a dataset folder"), "phantom_subjects": ((int,), "an integer >= 1"),
@@ -169,6 +205,8 @@ def load_study_config(path: str | Path, output_dir: str | Path | None = None) ->
         raise DataError(path, f"resources: cpus_per_arm must be > 0 and gpus_per_arm >= 0, got {res}")
     if not all(isinstance(r, str) for r in raw.get("reduced", [])):
         raise DataError(path, "reduced must be a list of texts")
+    if raw.get("blocks"):
+        _check_design(raw, path)
     out = output_dir or raw.get("output_dir") or f"runs/study_{raw.get('name', path.stem)}"
     return StudyConfig(
         name=raw.get("name", path.stem),
@@ -185,5 +223,70 @@ def load_study_config(path: str | Path, output_dir: str | Path | None = None) ->
         description=raw.get("description", ""),
         retries=raw.get("retries", 0),
         resources=dict(res),
+        seeds=list(raw.get("seeds", [])),
+        augmentations=dict(raw.get("augmentations", {})),
+        blocks=[dict(b) for b in raw.get("blocks", [])],
+        baselines=dict(raw.get("baselines", {})),
+        ood_budget=dict(raw.get("ood_budget", {})),
+        statistics=dict(raw.get("statistics", {})),
         source=path,
     )
+
+
+def _check_design(raw: dict, path: Path) -> None:
+    """The findings design: seeds, augmentations, blocks, and findings that name arms of the design."""
+    seeds = raw.get("seeds", [])
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise DataError(path, f"seeds must be a non-empty list of integers >= 0, got {seeds}")
+    _unique(seeds, path, "seeds")
+    augs = raw.get("augmentations", {})
+    for name, a in augs.items():
+        if not isinstance(a, dict) or set(a) - {"shape_modes", "c_max"} or "shape_modes" not in a:
+            raise DataError(path, f"augmentations.{name} must be {{shape_modes, c_max (optional)}}, got {a!r}")
+        c = a.get("c_max")
+        if c is not None and not (isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0) and \
+                not (isinstance(c, dict) and set(c) == {"match_variance_of"} and isinstance(c["match_variance_of"], int)):
+            raise DataError(path, f"augmentations.{name}.c_max must be a number > 0 or "
+                                  f"{{\"match_variance_of\": <PCA modes>}}, got {c!r}")
+    names = set()
+    for i, block in enumerate(raw["blocks"]):
+        where = f"blocks[{i}]"
+        if not isinstance(block, dict) or set(block) != {"train_subjects", "augmentations", "methods"}:
+            raise DataError(path, f"{where} must be an object with exactly train_subjects, augmentations, methods")
+        sizes = block["train_subjects"]
+        if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+            raise DataError(path, f"{where}.train_subjects must be a list of integers >= 1, got {sizes}")
+        unknown = [a for a in block["augmentations"] if a not in augs]
+        if unknown or not block["augmentations"]:
+            raise DataError(path, _unknown_message([str(a) for a in unknown], augs, f"augmentations in {where}")
+                            if unknown else f"{where}.augmentations is empty")
+        for a in block["augmentations"]:
+            if augs[a]["shape_modes"] < 1:
+                raise DataError(path, f"{where}: augmentation {a!r} has shape_modes {augs[a]['shape_modes']}: "
+                                      "training without shape augmentation needs lumbar_disk_shape support that "
+                                      "does not exist yet (its dataset would warp every patch to the mean shape); "
+                                      "remove it from the block")
+        bad = [m for m in block["methods"] if m not in METHODS]
+        if bad or not block["methods"]:
+            raise DataError(path, _unknown_message([str(m) for m in bad], METHODS, f"methods in {where}")
+                            if bad else f"{where}.methods is empty")
+        names |= {f"n{n}-{a}-{m}" for n in sizes for a in block["augmentations"] for m in block["methods"]}
+    if raw.get("statistics"):
+        from diskrobust.study.statistics import StatisticsConfig
+
+        try:
+            stats = StatisticsConfig.from_dict(raw["statistics"])
+        except ValueError as err:
+            raise DataError(path, str(err)) from None
+        for f in stats.findings:
+            missing = [a for a in (f.a, f.b) if a not in names]
+            if missing:
+                raise DataError(path, f"statistics.findings {f.id!r} names arm(s) {missing} that the blocks do "
+                                      f"not make; arms: {sorted(names)}")
+    if raw.get("ood_budget"):
+        from diskrobust.robustness.ood_budget import OodBudgetConfig
+
+        try:
+            OodBudgetConfig.from_dict(raw["ood_budget"])
+        except ValueError as err:
+            raise DataError(path, str(err)) from None

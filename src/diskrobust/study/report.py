@@ -170,12 +170,74 @@ def write_study_report(cfg: StudyConfig, outcomes: list[ArmOutcome]) -> Path:
         lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs] + [""]
     else:
         lines += ["No arm finished its evaluation: no tables."]
+    if cfg.statistics:
+        findings_lines, tables["findings"] = findings_section(cfg, outcomes)
+        lines += findings_lines
     atomic_write_json(out / "study_tables.json", {"config": cfg.to_dict(), "tables": tables,
                                                   "arms": {o.arm.name: o.status for o in outcomes},
                                                   "attempts": {o.arm.name: o.attempts for o in outcomes}})
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report
+
+
+def findings_section(cfg: StudyConfig, outcomes: list[ArmOutcome]) -> tuple[list[str], list[dict]]:
+    """The findings of the profile's `statistics` section, decided from every seed's per-sample rows
+    (`diskrobust.study.statistics`); a finding whose arms have no results says so instead."""
+    from diskrobust.study.statistics import (StatisticsConfig, decide_finding, finding_markdown,
+                                             findings_summary_markdown, load_arm_rows, paired_matrices)
+
+    stats = StatisticsConfig.from_dict(cfg.statistics)
+    csvs: dict[str, dict[int, Path]] = {}
+    for o in outcomes:
+        path = cfg.arm_dir(o.arm) / "eval" / "per_sample.csv"
+        if o.status in ("done", "skipped") and path.is_file() and o.arm.seed is not None:
+            csvs.setdefault(o.arm.design_name, {})[o.arm.seed] = path
+    rows = load_arm_rows(csvs)
+    lines = ["## Findings", "", f"Bootstrap ({stats.scheme}: seeds, then disks; {stats.n_boot} replicates), "
+             f"{stats.level:.0%} intervals, Holm over the eps values at alpha {stats.alpha:g}.", ""]
+    decided, detail, out = [], [], []
+    for spec in stats.findings:
+        try:
+            a_by, b_by = paired_matrices(rows, spec)
+        except ValueError as err:
+            detail += [f"**{spec.id}: {spec.claim}: not decided** ({err}).", ""]
+            out.append({"id": spec.id, "verdict": "not decided", "reason": str(err)})
+            continue
+        res = decide_finding(spec, a_by, b_by, stats.alpha, stats.level, stats.n_boot, stats.seed, stats.scheme)
+        decided.append(res)
+        detail += finding_markdown(res) + [""]
+        out.append(res.to_dict())
+    if decided:
+        lines += findings_summary_markdown(decided) + [""]
+    if cfg.baselines.get("mean_shape"):
+        lines += _mean_shape_lines(cfg, outcomes)
+    return lines + detail, out
+
+
+def _mean_shape_lines(cfg: StudyConfig, outcomes: list[ArmOutcome]) -> list[str]:
+    """The constant mean-shape predictor per training-set size, on the test patches the arms were evaluated on."""
+    from diskrobust.robustness.baselines import mean_shape_baseline
+    from diskrobust.study.statistics import bootstrap_estimate
+
+    lines = ["### Baseline: the constant mean training shape", "",
+             "| training subjects | test disks | mean point distance (px), 95 % interval over disks | polygon Dice |",
+             "|---|---|---|---|"]
+    done: set[int] = set()
+    for o in outcomes:
+        arm_dir = cfg.arm_dir(o.arm)
+        pca, info = arm_dir / "models" / "shape_pca.npz", arm_dir / "eval" / "config.json"
+        if o.arm.train_subjects in done or o.status not in ("done", "skipped") or not pca.is_file() or \
+                not info.is_file():
+            continue
+        done.add(o.arm.train_subjects)
+        n = int(json.loads(info.read_text())["num_test_samples"])
+        rows = mean_shape_baseline(cfg.dataset_dir / "datalist.json", pca, int(cfg.train.get("patch_size", 128)),
+                                   float(cfg.train.get("patch_spacing_mm", 0.5)), n)
+        est = bootstrap_estimate([r["point_error_px"] for r in rows], n_boot=1000)
+        dice = float(np.mean([r["polygon_dice"] for r in rows]))
+        lines.append(f"| {o.arm.train_subjects} | {len(rows)} | {est.text(2)} | {dice:.3f} |")
+    return lines + [""] if done else []
 
 
 def summary_lines(cfg: StudyConfig, outcomes: list[ArmOutcome]) -> list[str]:

@@ -60,8 +60,10 @@ def run_local(cfg: StudyConfig, arms: list[Arm], resume: bool, retries: int, job
     futures: dict[Arm, Future] = {}
 
     def task(arm: Arm) -> ArmOutcome:
-        if arm.base in futures:
-            futures[arm.base].result()  # its standard model first
+        # its standard model first (a standard arm's base is itself: waiting on it would deadlock
+        # as soon as more standard arms than jobs are queued)
+        if arm.method != "std" and arm.base in futures:
+            futures[arm.base].result()
         outcome = run_arm(cfg, arm, resume=resume, retries=retries)
         notify(outcome)
         return outcome

@@ -55,10 +55,12 @@ def train_stage(cfg: StudyConfig, arm: Arm) -> tuple[list[str], Path]:
         "dataset_dir": cfg.dataset_dir,
         "output_dir": arm_dir,
         "shape_modes": arm.shape_modes,
-        "seed": cfg.seed,
+        "seed": cfg.seed if arm.seed is None else arm.seed,
         "progress_bar": False,
         **cfg.train,
     }
+    if arm.train_subjects is not None:
+        overrides.update(_design_overrides(cfg, arm))
     files = [SHAPE_BUNDLE / "configs" / "train.json"]
     if arm.method != "std":
         files.append(SHAPE_BUNDLE / "configs" / "train_adversarial.json")
@@ -66,6 +68,47 @@ def train_stage(cfg: StudyConfig, arm: Arm) -> tuple[list[str], Path]:
         overrides["adv_mode"] = arm.method
         overrides["ckpt"] = cfg.arm_dir(arm.base) / "models" / "model.pt"
     return bundle_command("training", files, overrides), arm_dir / "models" / "model.pt"
+
+
+def training_datalist(cfg: StudyConfig, n: int) -> Path:
+    """A datalist whose training split is the first `n` training subjects of the study's dataset
+    (validation and test unchanged: every arm is evaluated on the same test disks); absolute paths."""
+    from diskrobust.data.dataset_io import load_datalist
+
+    source = cfg.dataset_dir / "datalist.json"
+    training = load_datalist(source, "training")
+    subjects = list(dict.fromkeys(e.get("subject", e["image"]) for e in training))
+    if n > len(subjects):
+        raise ArmFailed(f"train_subjects {n}: the dataset {source} has only {len(subjects)} training subjects "
+                        "(raise dataset.phantom_subjects)")
+    keep = set(subjects[:n])
+    doc = {"training": [e for e in training if e.get("subject", e["image"]) in keep],
+           "validation": load_datalist(source, "validation"), "test": load_datalist(source, "test")}
+    doc = {k: [{key: str(v) if key in ("image", "label", "contours") else v for key, v in e.items()} for e in entries]
+           for k, entries in doc.items()}
+    out = cfg.output_dir / "datalists" / f"training{n}.json"
+    atomic_write_json(out, doc)
+    return out
+
+
+def _design_overrides(cfg: StudyConfig, arm: Arm) -> dict[str, Any]:
+    """Training-set size and c_max of a findings-design arm (`blocks` in the profile)."""
+    datalist = training_datalist(cfg, int(arm.train_subjects))
+    out: dict[str, Any] = {"datalist": datalist}
+    c_max = cfg.augmentations.get(arm.augmentation, {}).get("c_max")
+    if isinstance(c_max, dict):  # {"match_variance_of": K}: the variance of K modes at the profile's c_max
+        from diskrobust.data.dataset_io import load_datalist
+        from diskrobust.study.statistics import variance_matched_c_max_for_training
+
+        matched = variance_matched_c_max_for_training(
+            load_datalist(datalist, "training"), int(cfg.train.get("patch_size", 128)),
+            float(cfg.train.get("patch_spacing_mm", 0.5)), arm.shape_modes, int(c_max["match_variance_of"]),
+            float(cfg.train.get("c_max", 2.0)))
+        atomic_write_json(cfg.arm_dir(arm) / "c_max.json", matched)
+        out["c_max"] = matched["c_max"]
+    elif c_max is not None:
+        out["c_max"] = float(c_max)
+    return out
 
 
 def evaluate_stage(cfg: StudyConfig, arm: Arm, sweep_overrides: dict[str, Any] | None = None,
@@ -81,6 +124,9 @@ def evaluate_stage(cfg: StudyConfig, arm: Arm, sweep_overrides: dict[str, Any] |
         "progress": False,
         **{k: v for k, v in cfg.evaluation.items()},
     }
+    if arm.seed is not None:  # a seed's evaluation (attack random starts) is seeded by it too
+        sweep_overrides = {**(cfg.evaluation.get("sweep_overrides", {}) if sweep_overrides is None
+                              else sweep_overrides), "seed": arm.seed}
     if sweep_overrides is not None:
         overrides["sweep_overrides"] = sweep_overrides
     if "width" in cfg.train:
@@ -270,6 +316,12 @@ def failed_outcome(cfg: StudyConfig, arm: Arm, message: str) -> ArmOutcome:
 def ordered_arms(cfg: StudyConfig) -> list[Arm]:
     """Every arm, each standard arm before the arms fine-tuned from it (std is trained even if not listed)."""
     order: list[Arm] = []
+    if cfg.blocks:
+        arms = cfg.arms
+        for arm in arms:
+            if arm.base not in order:
+                order.append(arm.base)
+        return order + [a for a in arms if a.method != "std"]
     for k in cfg.shape_modes:
         order.append(Arm(k, "std"))
         order += [Arm(k, m) for m in cfg.methods if m != "std"]

@@ -1,0 +1,94 @@
+"""A tiny findings design end to end: 2 training-set sizes x 2 augmentations x 2 seeds, 1 epoch,
+through the real bundles, ending in the report's findings section."""
+
+import json
+
+from diskrobust.data.dataset_io import load_datalist
+from diskrobust.study.grid import load_study_config
+from diskrobust.study.runner import run_study
+from diskrobust.study.statistics import VERDICTS
+
+TINY_DESIGN = {
+    "name": "tiny_findings",
+    "seeds": [0, 1],
+    "augmentations": {"P3": {"shape_modes": 3}, "P3v5": {"shape_modes": 3, "c_max": {"match_variance_of": 5}}},
+    "blocks": [{"train_subjects": [2, 4], "augmentations": ["P3", "P3v5"], "methods": ["std"]}],
+    "train": {"epochs": 1, "samples_per_epoch": 4, "batch_size": 4, "width": 8, "num_workers": 0, "patch_size": 64,
+              "patch_spacing_mm": 1.0},
+    "evaluation": {"sweep_overrides": {"num_samples": None, "batch_size": 8, "tensorboard_images": 0,
+                                       "ind": {"eps": {"linf": [0.05]}, "heads": ["points"], "steps": 1},
+                                       "ood": {"enabled": False}}},
+    "baselines": {"mean_shape": True},
+    "statistics": {"n_boot": 200, "findings": [
+        {"id": "size", "claim": "4 training subjects beat 2", "a": "n4-P3-std", "b": "n2-P3-std",
+         "metric": "point_error_px", "direction": "less", "smallest_effect": 0.3, "eps": [0.0, 0.05]},
+        {"id": "variance", "claim": "P3v5 beats P3", "a": "n4-P3v5-std", "b": "n4-P3-std",
+         "metric": "point_error_px", "direction": "less", "smallest_effect": 0.3, "eps": [0.05]}]},
+    "reduced": ["everything (a test)"],
+}
+
+
+def test_tiny_findings_design_end_to_end(tmp_path, tiny_phantom):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({**TINY_DESIGN, "dataset": {"dataset_dir": str(tiny_phantom)}}))
+    cfg = load_study_config(path, tmp_path / "out")
+    outcomes = run_study(cfg, progress=False, jobs=2)
+    assert [o.status for o in outcomes] == ["done"] * 8, [o.error for o in outcomes]
+    out = tmp_path / "out"
+    for n in (2, 4):
+        training = load_datalist(out / "datalists" / f"training{n}.json", "training")
+        assert len({e["subject"] for e in training}) == n
+        # the test split is the dataset's: every arm is evaluated on the same disks
+        assert load_datalist(out / "datalists" / f"training{n}.json", "test") == load_datalist(
+            tiny_phantom / "datalist.json", "test")
+    for o in outcomes:
+        arm_dir = cfg.arm_dir(o.arm)
+        assert arm_dir == out / "arms" / o.arm.design_name / f"seed{o.arm.seed}"
+        command = json.loads((arm_dir / "train_done.json").read_text())["command"]
+        assert command[command.index("--seed") + 1] == str(o.arm.seed)
+        assert command[command.index("--datalist") + 1].endswith(f"training{o.arm.train_subjects}.json")
+        if o.arm.augmentation == "P3v5":
+            c_max = json.loads((arm_dir / "c_max.json").read_text())["c_max"]
+            assert c_max > 2.0 and command[command.index("--c_max") + 1] == str(c_max)
+        else:
+            assert "--c_max" not in command
+    # the two seeds' evaluations were seeded differently (their PGD random starts differ)
+    a = (out / "arms" / "n4-P3-std" / "seed0" / "eval" / "config.json").read_text()
+    assert json.loads(a)["sweep"]["seed"] == 0
+    report = (out / "report.md").read_text()
+    assert "## Findings" in report
+    assert "| 2 | 5 |" in report and "| 4 | 5 |" in report  # the mean-shape baseline per training-set size
+    tables = json.loads((out / "study_tables.json").read_text())["tables"]["findings"]
+    assert [f["id"] for f in tables] == ["size", "variance"]
+    assert all(f["verdict"] in VERDICTS for f in tables)
+    assert all(d["diff"]["n_seeds"] == 2 and d["diff"]["n_disks"] == 5 for f in tables for d in f["per_eps"])
+
+
+def test_the_design_is_validated_before_any_work(tmp_path):
+    import pytest
+
+    from diskrobust.data.errors import DataError
+
+    def load(**change):
+        path = tmp_path / "d.json"
+        path.write_text(json.dumps({**TINY_DESIGN, **change}))
+        return load_study_config(path)
+
+    cfg = load()
+    assert [a.name for a in cfg.arms][:3] == ["n2-P3-std-s0", "n2-P3-std-s1", "n2-P3v5-std-s0"]
+    blocks = [{"train_subjects": [2], "augmentations": ["P33"], "methods": ["std"]}]
+    with pytest.raises(DataError, match="did you mean 'P3'"):
+        load(blocks=blocks)
+    augs = {**TINY_DESIGN["augmentations"], "none": {"shape_modes": 0}}
+    with pytest.raises(DataError, match="warp every patch to the mean shape"):
+        load(augmentations=augs, blocks=[{"train_subjects": [2], "augmentations": ["none"], "methods": ["std"]}])
+    assert len(load(augmentations=augs).arms) == 8  # defined but unused is fine
+    with pytest.raises(DataError, match="match_variance_of"):
+        load(augmentations={"P3": {"shape_modes": 3, "c_max": "wide"}, "P3v5": {"shape_modes": 3}})
+    stats = {**TINY_DESIGN["statistics"], "findings": [{**TINY_DESIGN["statistics"]["findings"][0], "b": "n3-P3-std"}]}
+    with pytest.raises(DataError, match="blocks do not make"):
+        load(statistics=stats)
+    with pytest.raises(DataError, match="seeds"):
+        load(seeds=[0, 0])
+    with pytest.raises(DataError, match="unknown key"):
+        load(ood_budget={"rms_maxx": 1})
