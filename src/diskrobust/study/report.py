@@ -194,6 +194,10 @@ def findings_section(cfg: StudyConfig, outcomes: list[ArmOutcome]) -> tuple[list
         if o.status in ("done", "skipped") and path.is_file() and o.arm.seed is not None:
             csvs.setdefault(o.arm.design_name, {})[o.arm.seed] = path
     rows = load_arm_rows(csvs)
+    for o in outcomes:  # OOD budget rows (robustness.ood_budget.finding_rows), where a run wrote them
+        extra = cfg.arm_dir(o.arm) / "ood_budget" / "finding_rows.csv"
+        if o.arm.seed is not None and extra.is_file() and o.arm.seed in rows.get(o.arm.design_name, {}):
+            rows[o.arm.design_name][o.arm.seed] += load_arm_rows({"x": {0: extra}})["x"][0]
     lines = ["## Findings", "", f"Bootstrap ({stats.scheme}: seeds, then disks; {stats.n_boot} replicates), "
              f"{stats.level:.0%} intervals, Holm over the eps values at alpha {stats.alpha:g}.", ""]
     decided, detail, out = [], [], []
