@@ -14,7 +14,7 @@ from diskrobust.batch import prepare_disk_batch
 from diskrobust.data import datasets as datasets_module
 from diskrobust.data.contours import contour_centroid, dice, polygon_fill_torch
 from diskrobust.data.dataset_io import load_datalist, read_contours_json
-from diskrobust.data.datasets import DiskPatchDataset, PatchBank, ShapeAugmentedDataset, build_patch_bank
+from diskrobust.datasets import DiskPatchDataset, PatchBank, ShapeAugmentedDataset, build_patch_bank
 from diskrobust.data.errors import DataError
 from diskrobust.transforms import ShapePCA, augment_patch, patch_points_to_image
 

@@ -86,6 +86,7 @@ __all__ = [
     "save_model",
     "build_model_from_checkpoint",
     "load_model_weights",
+    "initial_weights",
     "ModelDescriptionState",
     "BestModelState",
     "list_checkpoints",
@@ -363,6 +364,21 @@ def load_model_weights(network: torch.nn.Module, path: str | Path, overrides: Ma
     return desc if desc is not None else {}
 
 
+def initial_weights(network: torch.nn.Module, ckpt: str | Path = "", mean_shape=None,
+                    overrides: Mapping | None = None) -> dict:
+    """A training run's starting point: the weights of `ckpt` (fine-tuning; checked like
+    `load_model_weights`, the run's own geometry as `overrides`), else `mean_shape` (N, 2) as the point
+    head's base shape. Returns the description of `ckpt` ({} without one)."""
+    if ckpt:
+        desc = load_model_weights(network, ckpt, overrides)
+        logger.info("initial weights loaded from %s", ckpt)
+        return desc
+    module = getattr(network, "module", network)
+    if mean_shape is not None and getattr(module, "has_point_head", False):
+        module.set_mean_shape(mean_shape)
+    return {}
+
+
 def build_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                                 overrides: Mapping | None = None) -> tuple[torch.nn.Module, dict]:
     """(network on `device` in eval mode with the file's weights, description).
@@ -393,11 +409,18 @@ class ModelDescriptionState:
     differ from this run's, naming the difference: resuming must continue the same run.
     """
 
+    # settings a resumed run may change (e.g. --resume true --epochs 20 trains longer)
+    RESUME_MAY_CHANGE = ("epochs",)
+
     def __init__(self, network, patch_size: int, patch_spacing_mm: float, settings: Mapping | None = None,
                  data_digest: str = "", trainer=None, intensity: Mapping | None = None):
         self.network, self.patch_size, self.patch_spacing_mm = network, int(patch_size), float(patch_spacing_mm)
         self.settings, self.data_digest, self.trainer, self.intensity = settings, str(data_digest), trainer, intensity
         self.loaded: dict | None = None
+
+    def attach(self, engine) -> None:
+        """Record `engine` (the trainer) so each description carries its epoch and iteration."""
+        self.trainer = engine
 
     def describe(self) -> dict:
         return describe_model(self.network, self.patch_size, self.patch_spacing_mm, self.intensity,
@@ -415,12 +438,14 @@ class ModelDescriptionState:
                 if not _same(a, b):
                     diffs.append(f"{section}.{key}: checkpoint {a}, this run {b}")
         theirs, ours = state.get("training", {}), mine["training"]
-        for key in ("config_digest", "data_digest"):
-            if theirs.get(key) and ours.get(key) and theirs[key] != ours[key]:
-                what = "settings" if key == "config_digest" else "training data"
-                changed = [k for k in sorted(set(ours["settings"]) | set(theirs.get("settings", {})))
-                           if not _same(theirs.get("settings", {}).get(k), ours["settings"].get(k))] if key == "config_digest" else []
-                diffs.append(f"the {what} differ" + (f" ({', '.join(changed)})" if changed else ""))
+        old, new = theirs.get("settings") or {}, ours.get("settings") or {}
+        changed = [k for k in sorted(set(old) | set(new))
+                   if k not in self.RESUME_MAY_CHANGE and not _same(old.get(k), new.get(k))]
+        if changed:
+            diffs.append("the settings differ (" + ", ".join(f"{k}: checkpoint {old.get(k)}, this run {new.get(k)}"
+                                                             for k in changed) + ")")
+        if theirs.get("data_digest") and ours.get("data_digest") and theirs["data_digest"] != ours["data_digest"]:
+            diffs.append("the training data differ (another dataset, or its files changed)")
         if diffs:
             raise DataError("resume", "the checkpoint is from another run: " + "; ".join(diffs)
                                       + ". Resume with the same settings, or start over with --overwrite true")

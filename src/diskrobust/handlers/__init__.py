@@ -1,5 +1,5 @@
 """Ignite handlers: TensorBoard contour images, per-epoch dataset seeding, evaluation reports,
-inference writers, and adversarial training."""
+inference writers, adversarial training, and the engine wiring the bundle configs call."""
 
 from diskrobust.handlers.adversarial import AdversarialTrainingHandler
 from diskrobust.handlers.checkpoints import PruneCheckpoints
@@ -7,6 +7,7 @@ from diskrobust.handlers.contour_writer import DiskContourWriter, contours_to_la
 from diskrobust.handlers.epoch_seed import DatasetEpochSetter
 from diskrobust.handlers.metrics_report import DiskMetricsReport, per_sample_metrics
 from diskrobust.handlers.tensorboard_images import TensorBoardContourImages, contour_panels
+from diskrobust.handlers.wiring import attach_handlers, train_scalars
 
 __all__ = [
     "AdversarialTrainingHandler",
@@ -18,5 +19,7 @@ __all__ = [
     "per_sample_metrics",
     "TensorBoardContourImages",
     "contour_panels",
+    "attach_handlers",
+    "train_scalars",
 ]
 

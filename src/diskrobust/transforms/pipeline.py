@@ -1,0 +1,44 @@
+"""The preprocessing chain, composed once: training patches, evaluation patches, inference patches.
+
+    training / evaluation      LoadDiskImaged -> LoadDiskContoursd -> ScaleIntensityMRd -> ExtractDiskPatchesd
+    inference (disk centres)   LoadDiskImaged(meta) -> LoadDiskPositionsd -> ScaleIntensityMRd -> ExtractDiskPatchesd
+
+Both scale the whole image to [0, 1] by its 0.5-99.5 percentiles, then cut each disk's S x S patch at
+`patch_spacing_mm` and min-max scale it: a patch at inference is made exactly as in training.
+The bundles declare the same chains as `preprocessing` in their configs; these functions build them
+for Python callers (the patch bank's default, serving, tests).
+"""
+
+from __future__ import annotations
+
+from monai.transforms import Compose
+
+from diskrobust import PATCH_SIZE
+from diskrobust.transforms.intensity import ScaleIntensityMRd
+from diskrobust.transforms.io import LoadDiskContoursd, LoadDiskImaged, LoadDiskPositionsd
+from diskrobust.transforms.patches import ExtractDiskPatchesd
+
+__all__ = ["disk_patch_chain", "inference_chain"]
+
+
+def disk_patch_chain(patch_size: int = PATCH_SIZE, patch_spacing_mm: float = 0.5, padding: str = "zeros") -> Compose:
+    """Datalist entry {"image", "contours", "subject", ...} -> list of patch dicts (image, points, mask, ...)."""
+    return Compose([
+        LoadDiskImaged("image"),
+        LoadDiskContoursd("contours", image_key="image"),
+        ScaleIntensityMRd("image"),
+        ExtractDiskPatchesd(patch_size=patch_size, patch_spacing_mm=patch_spacing_mm, padding=padding),
+    ])
+
+
+def inference_chain(patch_size: int = PATCH_SIZE, patch_spacing_mm: float = 0.5, padding: str = "zeros") -> Compose:
+    """{"image": NIfTI path, "disks": centres / contour JSON or ""} -> list of patch dicts with "image",
+    "centre_px", "scale", "level", "disk_label" and the source's "source", "source_shape", "spacing_mm",
+    "affine" (what `DiskContourWriter` needs to map contours back onto the image)."""
+    return Compose([
+        LoadDiskImaged("image", meta=True),
+        LoadDiskPositionsd("disks", image_key="image", patch_size=patch_size),
+        ScaleIntensityMRd("image"),
+        ExtractDiskPatchesd(patch_size=patch_size, patch_spacing_mm=patch_spacing_mm, padding=padding,
+                            drop_keys=("label", "disks")),
+    ])
