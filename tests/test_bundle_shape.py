@@ -102,9 +102,12 @@ def test_metadata_verifies_against_schema(meta_schema):
     "configs, workflow_type",
     [(["train.json"], "train"), (["train.json", "evaluate.json"], "eval"), (["inference.json"], "infer")],
 )
-def test_check_properties(configs, workflow_type, tiny_phantom, tmp_path):
+def test_check_properties(configs, workflow_type, tiny_phantom, tmp_path, trained):
+    # evaluate and inference take the width from the model file
+    settings = TINY if workflow_type == "train" else {k: v for k, v in TINY.items() if k != "width"}
     wf = _workflow(configs, workflow_type, dataset_dir=str(tiny_phantom), output_dir=str(tmp_path),
-                   input_image=str(tiny_phantom / "images" / "sub-0000.nii.gz"), **TINY)
+                   input_image=str(tiny_phantom / "images" / "sub-0000.nii.gz"),
+                   ckpt_path=str(trained / "models" / "model.pt"), **settings)
     wf.initialize()
     assert wf.check_properties() == []
 
@@ -296,3 +299,23 @@ def test_fresh_run_into_another_runs_folder_refuses_then_overwrite_moves_it_asid
     assert {"model.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "logs"} <= {p.name for p in aside.iterdir()}
     assert sorted(p.name for p in (out / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
     assert torch.load(out / "models" / "checkpoint_epoch=1.pt", weights_only=True)["trainer"]["epoch"] == 1
+
+
+def test_zoo_checks_verify_net_in_out_and_torchscript_export(trained, tmp_path):
+    """As the model zoo's CI does: verify_net_in_out and ckpt_export on the bundle's own configs, through the
+    export-friendly forward (points channel-first); the TorchScript model equals the eager one."""
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    from diskrobust.checkpoints import build_model_from_checkpoint
+
+    common = {"meta_file": str(CONFIGS / "metadata.json"), "config_file": str(CONFIGS / "train.json"),
+              "bundle_root": str(BUNDLE), "network_def#export": True, "network_def#width": 8}
+    verify_net_in_out(net_id="network_def", device="cpu", **common)
+    ts_path = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(trained / "models" / "model.pt"),
+                key_in_ckpt="model", **common)
+    scripted = torch.jit.load(str(ts_path))
+    eager, _ = build_model_from_checkpoint(trained / "models" / "model.pt")
+    x = torch.rand(2, 1, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), eager(x)["pred"].transpose(1, 2), rtol=1e-5, atol=1e-4)

@@ -87,6 +87,7 @@ __all__ = [
     "build_model_from_checkpoint",
     "load_model_weights",
     "initial_weights",
+    "continued_steps",
     "ModelDescriptionState",
     "BestModelState",
     "list_checkpoints",
@@ -331,11 +332,20 @@ def read_model_description(path: str | Path, overrides: Mapping | None = None) -
     return desc
 
 
-def network_from_description(description: Mapping) -> torch.nn.Module:
-    """A fresh `DiskShapeNet` (no weights loaded) built as the description says."""
+def network_from_description(description: Mapping, **overrides) -> torch.nn.Module:
+    """A fresh `DiskShapeNet` (no weights loaded) built as the description says.
+
+    `overrides` (DiskShapeNet arguments, e.g. a config's `--network_def#width 8`) must agree with the
+    description (DataError otherwise); `export=True` is allowed (same weights, one-tensor forward).
+    """
     from diskrobust.networks import DiskShapeNet
 
+    export = bool(overrides.pop("export", False))
+    check_overrides(description, overrides, "model description")
     net = dict(description["network_def"])
+    net.update({k: v for k, v in overrides.items() if v is not None})
+    if export:
+        net["export"] = True
     target = net.pop("_target_", NETWORK_TARGET)
     if target != NETWORK_TARGET:
         raise ValueError(f"network_def _target_ {target!r} is not {NETWORK_TARGET!r}")
@@ -377,6 +387,16 @@ def initial_weights(network: torch.nn.Module, ckpt: str | Path = "", mean_shape=
     if mean_shape is not None and getattr(module, "has_point_head", False):
         module.set_mean_shape(mean_shape)
     return {}
+
+
+def continued_steps(ckpt: str | Path = "") -> dict:
+    """{"iteration", "epoch"} where a run fine-tuning from model file `ckpt` continues its TensorBoard steps:
+    the planned end of the run that wrote it (0, 0 without `ckpt` or without a description)."""
+    if not ckpt:
+        return {"iteration": 0, "epoch": 0}
+    _, desc = split_checkpoint(read_checkpoint(ckpt), ckpt)
+    training = (desc or {}).get("training", {})
+    return {"iteration": int(training.get("final_iteration", 0)), "epoch": int(training.get("final_epoch", 0))}
 
 
 def build_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",

@@ -127,6 +127,15 @@ class PatchBank:
             raise DataError(path, f"not a readable patch cache: {err}") from None
 
 
+def _project_error(err: BaseException) -> DataError | None:
+    """The DataError a MONAI transform raised, from under MONAI's RuntimeError wrappers (None if none)."""
+    while err is not None:
+        if isinstance(err, DataError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _fingerprint(entries: Sequence[Mapping], patch_size: int, patch_spacing_mm: float, padding: str) -> str:
     """Hash of what a bank depends on: the files' contents (not paths or mtimes) and the patch geometry."""
     parts = [f"v{_CACHE_VERSION}", str(patch_size), repr(float(patch_spacing_mm)), padding, entries_digest(entries)]
@@ -171,7 +180,13 @@ def build_patch_bank(
     chain = transform if transform is not None else disk_patch_chain(patch_size, patch_spacing_mm, padding)
     items = []
     for e in tqdm(entries, desc="disk patches", unit="subject", disable=not progress):
-        items.extend(chain(dict(e)))
+        try:
+            items.extend(chain(dict(e)))
+        except RuntimeError as err:  # MONAI's Compose wraps errors as "applying transform ...": show ours
+            cause = _project_error(err)
+            if cause is None:
+                raise
+            raise cause from None
     bank = PatchBank(
         images=np.stack([np.asarray(p["image"]) for p in items]).astype(np.float32),
         points=np.stack([np.asarray(p["points"]) for p in items]).astype(np.float32),

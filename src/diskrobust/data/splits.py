@@ -27,11 +27,14 @@ def check_disjoint_splits(datalist: str | Path, splits: Iterable[str] = ("traini
         for entry in doc.get(split, []) if isinstance(doc, dict) else []:
             if not isinstance(entry, dict):
                 continue
-            for key in {f"subject {entry['subject']}" if "subject" in entry else None,
-                        f"image {entry['image']}" if "image" in entry else None} - {None}:
-                if key in seen and seen[key] != split:
-                    clashes.append(f"{key} in {seen[key]} and {split}")
-                seen.setdefault(key, split)
+            keys = [f"subject {entry['subject']}" if "subject" in entry else None,
+                    f"image {entry['image']}" if "image" in entry else None]
+            keys = [k for k in keys if k is not None]
+            other = next((seen[k] for k in keys if k in seen and seen[k] != split), None)
+            if other is not None:  # one clash per entry, named by its subject (or image)
+                clashes.append(f"{keys[0]} in {other} and {split}")
+            for k in keys:
+                seen.setdefault(k, split)
     if clashes:
         raise DataError(path, f"{len(clashes)} subject(s) appear in more than one split ({'; '.join(clashes[:5])}"
                               f"{' ...' if len(clashes) > 5 else ''}): a test or validation subject must not be "
