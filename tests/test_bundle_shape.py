@@ -298,7 +298,7 @@ def test_fresh_run_into_another_runs_folder_refuses_then_overwrite_moves_it_asid
     [aside] = (out / "models").glob("previous_*")
     assert {"model.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "logs"} <= {p.name for p in aside.iterdir()}
     assert sorted(p.name for p in (out / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
-    assert torch.load(out / "models" / "checkpoint_epoch=1.pt", weights_only=True)["trainer"]["epoch"] == 1
+    assert torch.load(out / "models" / "checkpoint_epoch=1.pt", weights_only=True)["trainer"]["iteration"] == 4  # the new run's
 
 
 def test_zoo_checks_verify_net_in_out_and_torchscript_export(trained, tmp_path):

@@ -135,6 +135,10 @@ def test_fresh_run_into_an_old_runs_folder_refuses_or_moves_aside(tmp_path):
         "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "logs", "model.pt"]
     assert not list(models.glob("*.pt")) and not list(logs.iterdir())
     assert ck.prepare_output_folder(models, log_dir=logs) is None  # now fresh
+    # a model without a run (the model the bundle ships) is kept aside, not overwritten
+    (models / "model.pt").write_bytes(b"shipped")
+    kept = ck.prepare_output_folder(models, log_dir=logs)
+    assert (models / kept.split("/")[-1] / "model.pt").read_bytes() == b"shipped" and not (models / "model.pt").exists()
 
 
 def test_latest_checkpoint_skips_truncated_files(tmp_path):

@@ -553,13 +553,31 @@ def resume_checkpoint(ckpt_dir: str | Path, resume: bool) -> str | None:
 _RUN_OUTPUTS = ("model.pt", "shape_pca.npz")
 
 
+def _move_aside(folder: Path, files: list[Path], logs: list[Path]) -> Path:
+    aside = folder / time.strftime("previous_%Y%m%dT%H%M%SZ", time.gmtime())
+    n = 1
+    while aside.exists():
+        aside = folder / f"{aside.name.split('.')[0]}.{n}"
+        n += 1
+    aside.mkdir(parents=True)
+    for p in files:
+        shutil.move(str(p), str(aside / p.name))
+    if logs:
+        (aside / "logs").mkdir()
+        for p in logs:
+            shutil.move(str(p), str(aside / "logs" / p.name))
+    return aside
+
+
 def prepare_output_folder(ckpt_dir: str | Path, resume=False, overwrite=False, log_dir: str | Path | None = None,
                           prefix: str = CHECKPOINT_PREFIX) -> str | None:
     """Make `ckpt_dir` ready for a training run; returns where the old outputs went (or None).
 
-    A folder holding another run's checkpoints is refused (DataError) unless `resume` (continue it)
-    or `overwrite` (start over: the old checkpoints, model.pt, shape_pca.npz and, with `log_dir`, the
-    TensorBoard files are moved into `<ckpt_dir>/previous_<UTC time>/`, never deleted).
+    A folder holding another run (full checkpoints or TensorBoard files) is refused (DataError) unless
+    `resume` (continue it) or `overwrite` (start over). Starting over moves that run's checkpoints,
+    model.pt, shape_pca.npz and, with `log_dir`, its TensorBoard files into
+    `<ckpt_dir>/previous_<UTC time>/`, never deletes them. A model.pt without a run (e.g. the model the
+    bundle ships) is moved there too, with a warning, so a new run never overwrites it unseen.
     """
     from diskrobust.config_values import as_bool
 
@@ -567,25 +585,16 @@ def prepare_output_folder(ckpt_dir: str | Path, resume=False, overwrite=False, l
     if resume and overwrite:
         raise ValueError("resume and overwrite are both true: choose one (continue the run, or start over)")
     folder = Path(ckpt_dir)
-    old = [p for _, p in list_checkpoints(folder, prefix)] + [folder / n for n in _RUN_OUTPUTS if (folder / n).exists()]
+    ckpts = [p for _, p in list_checkpoints(folder, prefix)]
+    outputs = [folder / n for n in _RUN_OUTPUTS if (folder / n).exists()]
     logs = sorted(Path(log_dir).glob("events.out.tfevents.*")) if log_dir and Path(log_dir).is_dir() else []
-    if resume or not (old or logs):
+    if resume or not (ckpts or outputs or logs):
         return None
-    if not overwrite:
-        raise DataError(folder, f"holds another run's outputs ({', '.join(sorted(p.name for p in old + logs)[:4])}"
-                                f"{' ...' if len(old + logs) > 4 else ''}): pass --resume true to continue that run, "
-                                "--overwrite true to start over (the old files are moved aside), or another --output_dir")
-    aside = folder / time.strftime("previous_%Y%m%dT%H%M%SZ", time.gmtime())
-    n = 1
-    while aside.exists():
-        aside = folder / f"{aside.name.split('.')[0]}.{n}"
-        n += 1
-    aside.mkdir(parents=True)
-    for p in old:
-        shutil.move(str(p), str(aside / p.name))
-    if logs:
-        (aside / "logs").mkdir()
-        for p in logs:
-            shutil.move(str(p), str(aside / "logs" / p.name))
-    logger.warning("--overwrite true: the previous run's outputs were moved to %s", aside)
+    if (ckpts or logs) and not overwrite:
+        found = sorted(p.name for p in ckpts + logs)
+        raise DataError(folder, f"holds another run's outputs ({', '.join(found[:4])}{' ...' if len(found) > 4 else ''}): "
+                                "pass --resume true to continue that run, --overwrite true to start over (the old "
+                                "files are moved aside), or another --output_dir")
+    aside = _move_aside(folder, ckpts + outputs, logs)
+    logger.warning("the previous outputs in %s were moved to %s (never deleted)", folder, aside)
     return str(aside)

@@ -34,7 +34,7 @@ from diskrobust.data.contours import polygon_fill_torch
 from diskrobust.data.dataset_io import load_datalist
 from diskrobust.data.digest import entries_digest
 from diskrobust.data.errors import DataError
-from diskrobust.transforms.pipeline import disk_patch_chain
+from diskrobust.transforms.pipeline import disk_patch_chain, project_data_error
 from diskrobust.transforms.shape_augment import RandShapeAugmentd, ShapePCA, draw_new_shape
 from diskrobust.transforms.tps import tps_warp
 
@@ -127,15 +127,6 @@ class PatchBank:
             raise DataError(path, f"not a readable patch cache: {err}") from None
 
 
-def _project_error(err: BaseException) -> DataError | None:
-    """The DataError a MONAI transform raised, from under MONAI's RuntimeError wrappers (None if none)."""
-    while err is not None:
-        if isinstance(err, DataError):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
-
-
 def _fingerprint(entries: Sequence[Mapping], patch_size: int, patch_spacing_mm: float, padding: str) -> str:
     """Hash of what a bank depends on: the files' contents (not paths or mtimes) and the patch geometry."""
     parts = [f"v{_CACHE_VERSION}", str(patch_size), repr(float(patch_spacing_mm)), padding, entries_digest(entries)]
@@ -183,7 +174,7 @@ def build_patch_bank(
         try:
             items.extend(chain(dict(e)))
         except RuntimeError as err:  # MONAI's Compose wraps errors as "applying transform ...": show ours
-            cause = _project_error(err)
+            cause = project_data_error(err)
             if cause is None:
                 raise
             raise cause from None

@@ -19,7 +19,7 @@ from diskrobust.transforms.patches import (
     patch_points_to_image,
     patch_scale,
 )
-from diskrobust.transforms.pipeline import disk_patch_chain, inference_chain
+from diskrobust.transforms.pipeline import DiskCompose, disk_patch_chain, inference_chain
 from diskrobust.transforms.postprocess import DiskNetOutputd
 from diskrobust.transforms.shape_augment import (
     RandShapeAugment,
@@ -35,6 +35,7 @@ __all__ = [
     "ScaleIntensityMRd",
     "minmax_scale",
     "LoadDiskPositionsd",
+    "DiskCompose",
     "disk_patch_chain",
     "inference_chain",
     "DiskNetOutputd",

@@ -18,12 +18,37 @@ from diskrobust.transforms.intensity import ScaleIntensityMRd
 from diskrobust.transforms.io import LoadDiskContoursd, LoadDiskImaged, LoadDiskPositionsd
 from diskrobust.transforms.patches import ExtractDiskPatchesd
 
-__all__ = ["disk_patch_chain", "inference_chain"]
+from diskrobust.data.errors import DataError
+
+__all__ = ["DiskCompose", "project_data_error", "disk_patch_chain", "inference_chain"]
+
+
+def project_data_error(err: BaseException | None) -> DataError | None:
+    """The DataError a transform raised, from under MONAI's "applying transform ..." RuntimeErrors."""
+    while err is not None:
+        if isinstance(err, DataError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+class DiskCompose(Compose):
+    """MONAI's Compose, except that a DataError raised by one of its transforms (a bad file, a contour
+    outside its image, ...) reaches the caller as itself, not wrapped in MONAI's RuntimeError."""
+
+    def __call__(self, input_, *args, **kwargs):
+        try:
+            return super().__call__(input_, *args, **kwargs)
+        except RuntimeError as err:
+            cause = project_data_error(err)
+            if cause is None:
+                raise
+            raise cause from None
 
 
 def disk_patch_chain(patch_size: int = PATCH_SIZE, patch_spacing_mm: float = 0.5, padding: str = "zeros") -> Compose:
     """Datalist entry {"image", "contours", "subject", ...} -> list of patch dicts (image, points, mask, ...)."""
-    return Compose([
+    return DiskCompose([
         LoadDiskImaged("image"),
         LoadDiskContoursd("contours", image_key="image"),
         ScaleIntensityMRd("image"),
@@ -35,7 +60,7 @@ def inference_chain(patch_size: int = PATCH_SIZE, patch_spacing_mm: float = 0.5,
     """{"image": NIfTI path, "disks": centres / contour JSON or ""} -> list of patch dicts with "image",
     "centre_px", "scale", "level", "disk_label" and the source's "source", "source_shape", "spacing_mm",
     "affine" (what `DiskContourWriter` needs to map contours back onto the image)."""
-    return Compose([
+    return DiskCompose([
         LoadDiskImaged("image", meta=True),
         LoadDiskPositionsd("disks", image_key="image", patch_size=patch_size),
         ScaleIntensityMRd("image"),
