@@ -281,7 +281,7 @@ def test_findings_from_written_csv_files(tmp_path):
 
 def test_variance_matched_c_max_from_the_training_split(tiny_phantom):
     from diskrobust.data.dataset_io import load_datalist
-    from diskrobust.data.datasets import build_patch_bank
+    from diskrobust.datasets import build_patch_bank
     from diskrobust.study.statistics import variance_matched_c_max_for_training
 
     entries = load_datalist(tiny_phantom / "datalist.json", "training")

@@ -180,7 +180,7 @@ def mean_shape_baseline(datalist, shape_pca_path, patch_size: int, patch_spacing
                         num_samples: int | None = None, split: str = "test") -> list[dict]:
     """`mean_shape_rows` of the mean of a trained arm's shape model (`models/shape_pca.npz`, fitted on its
     training split) on the first `num_samples` patches of `split`: the constant predictor next to that arm."""
-    from diskrobust.data.datasets import DiskPatchDataset
+    from diskrobust.datasets import DiskPatchDataset
     from diskrobust.study.sweep import load_test_set
     from diskrobust.transforms.shape_augment import ShapePCA
 

@@ -550,7 +550,7 @@ def variance_matched_c_max_for_training(training_entries: Sequence[Mapping], pat
     before it is trained. Returns {"c_max", "eigenvalues" (first reference_modes), "variance_px2",
     "patches"}.
     """
-    from diskrobust.data.datasets import build_patch_bank
+    from diskrobust.datasets import build_patch_bank
     from diskrobust.transforms.shape_augment import ShapePCA
 
     if not training_entries:
