@@ -363,7 +363,7 @@ def finding_markdown(result: FindingResult, digits: int = 2, unit: str = "") -> 
     spec = result.spec
     lvl = result.decisions[0].diff.level if result.decisions else 0.95
     d0 = result.decisions[0] if result.decisions else None
-    lines = [f"**{spec.id}: {spec.claim}: {result.verdict}.** {result.reason[0].upper() + result.reason[1:]}.",
+    lines = [f"**{spec.id}: {spec.claim}: {result.verdict}.** {result.reason}.",
              "",
              f"{spec.metric}{f' ({unit})' if unit else ''}, {spec.sweep}/{spec.attack}/{spec.head}; "
              f"means with {lvl:.0%} bootstrap intervals over {d0.diff.n_seeds if d0 else 0} seed(s) x "
