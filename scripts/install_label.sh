@@ -42,7 +42,7 @@ fi
 # Fail here (not at the first request) when something does not import.
 "$PYTHON" - <<'PY'
 import importlib.metadata as md
-import monailabel.main  # noqa: F401  (what `monailabel start_server` imports)
+import monailabel.main, monailabel.app, monailabel.interfaces.app  # noqa: F401  (what the server imports)
 import fastapi, uvicorn, pydicom, SimpleITK, psutil  # noqa: F401
 import diskrobust  # noqa: F401
 print("ok: " + ", ".join(f"{p} {md.version(p)}" for p in ("monailabel", "torch", "numpy", "monai", "fastapi")))

@@ -60,6 +60,7 @@ MAX_TURN_DEG = 30.0  # between consecutive chain steps (lumbar lordosis spreads 
 MAX_CHAIN_TILT_DEG = 50.0  # of one chain step from the image's vertical (a sagittal image, head up)
 MAX_AXIS_ALONG_CHAIN = 0.6  # |cos| of the disk's long axis with the chain: a disk lies across the column
 STRAIGHT_TURN_DEG = 5.0  # turns below this do not count as bending either way
+GAP_PENALTY = 1.0  # a step over a missed disk costs a disk's score: a chain without gaps wins a tie
 MIN_COLUMN_DISKS = 3  # fewer disks in a column is no evidence of a spine
 
 
@@ -183,7 +184,8 @@ def _one_column(mm, score, axes, usable, neighbour_mm, gap_factor) -> tuple[list
         for i in order[:b]:
             if not step_ok(i, j):
                 continue
-            candidates = [((j, i, 0), score[i] + score[j], None)]
+            gain = score[j] - (GAP_PENALTY if float(np.linalg.norm(mm[j] - mm[i])) > hi else 0.0)
+            candidates = [((j, i, 0), score[i] + gain, None)]
             for (jj, ii, bend) in ending.get(i, []):
                 s = best[(jj, ii, bend)]
                 turn = signed_turn_deg(mm[i] - mm[ii], mm[j] - mm[i])
@@ -192,7 +194,7 @@ def _one_column(mm, score, axes, usable, neighbour_mm, gap_factor) -> tuple[list
                 sign = 0 if abs(turn) <= STRAIGHT_TURN_DEG else int(np.sign(turn))
                 if sign and bend and sign != bend:
                     continue  # the lordosis bends one way: a reversal is not the same column
-                candidates.append(((j, i, sign or bend), s + score[j], (jj, ii, bend)))
+                candidates.append(((j, i, sign or bend), s + gain, (jj, ii, bend)))
             for state, s, prev in candidates:
                 if state not in best:
                     ending.setdefault(j, []).append(state)
@@ -223,7 +225,7 @@ def best_column(disks: Sequence[DiskPrediction], spacing_mm: Sequence[float], mi
     less than MAX_TURN_DEG from the previous one and always the same way (the lordosis is one curve:
     the fused sacral segments below L5/S1 bend back the other way), and every disk's long axis across
     the step. Disks whose two heads agree less than ``min_agreement`` take no part; a chain scores its
-    summed agreement and needs MIN_COLUMN_DISKS disks.
+    summed agreement less GAP_PENALTY per gap step, and needs MIN_COLUMN_DISKS disks.
 
     The posterior elements (spinous processes) form a second chain of the same spacing behind the
     disks, and the head agrees on them too: of the chains scoring at least half the best one, the
@@ -269,6 +271,8 @@ def probe_disk(network: torch.nn.Module, image: np.ndarray, spacing_mm: Sequence
     if not found:
         return None
     disk = found[0]
+    if disk.seg_agreement is None:  # without a segmentation head nothing tells a disk from bone
+        return None
     moved = float(np.linalg.norm(px_to_mm(disk.centre_px - np.array([x, y]), spacing_mm)))
     if disk.seg_agreement is not None and disk.seg_agreement < min_agreement:
         return None

@@ -6,7 +6,8 @@ step the column itself shows), the network is asked for another disk (``disk_sea
 Where none is found, the column ends: the bone below is the sacrum and the disk above it is L5/S1. A
 disk found there is added (flagged as found by a probe) and the walk goes on. When the image ends
 before the place to look, the column's end is not in view: the names then assume that the lowest disk
-is L5/S1 and every disk is flagged so.
+is L5/S1 and every disk is flagged so (as with a network without a segmentation head, which cannot
+tell a disk from bone).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from diskrobust.serving.disk_search import (
     signed_turn_deg,
     probe_disk,
 )
-from diskrobust.serving.prediction import DEFAULT_PATCH_SPACING_MM, DiskPrediction
+from diskrobust.serving.prediction import DEFAULT_PATCH_SPACING_MM, DiskPrediction, output_keys
 
 __all__ = ["FIRST_DISK_LABEL", "TYPICAL_STEP_MM", "disk_level_name", "level_labels", "name_levels"]
 
@@ -109,7 +110,7 @@ def name_levels(
     end_in_view = False
     lowest = disks[0]
     h, w = image.shape
-    for _ in range(MAX_PROBES_BELOW):
+    for _ in range(MAX_PROBES_BELOW if "seg" in output_keys(network) else 0):
         where = lowest.centre_px - step
         if not (0 <= where[0] <= w - 1 and 0 <= where[1] <= h - 1):
             break
