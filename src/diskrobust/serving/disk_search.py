@@ -1,8 +1,8 @@
 """Automatic disk search: candidates from the segmentation head, the spine's column of disks, probes.
 
 1. ``segmentation_map``: the network's segmentation head slid over the whole slice at the patch spacing
-   (MONAI ``SlidingWindowInferer``, Gaussian blending; each window min-max scaled with MONAI's
-   ``ScaleIntensity`` as a training patch is). The head was trained to fill the disk at a patch's
+   (MONAI ``SlidingWindowInferer``, Gaussian blending; each window min-max scaled by the project's one
+   ``minmax_scale``, as a training patch is). The head was trained to fill the disk at a patch's
    centre, but it lights up on anything disk-like: the disks, and also spinous processes and texture.
 2. ``disk_components``: connected components of the thresholded map whose area and elongation are
    those of a mid-sagittal lumbar disk. These are only candidates.
@@ -69,16 +69,15 @@ class _WindowSegmentation(torch.nn.Module):
 
     def __init__(self, network: torch.nn.Module, deadline: float | None):
         super().__init__()
-        from monai.transforms import ScaleIntensity
-
         self.network = network
         self.deadline = deadline
-        self.scale = ScaleIntensity(minv=0.0, maxv=1.0, channel_wise=True)  # per window (dim 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from diskrobust.transforms.intensity import minmax_scale
+
         check_deadline(self.deadline)
-        x = torch.as_tensor(self.scale(x[:, 0]))[:, None]
-        return torch.sigmoid(self.network(x)["seg"])
+        scaled = np.stack([minmax_scale(w) for w in x.detach().cpu().numpy()])
+        return torch.sigmoid(self.network(torch.from_numpy(scaled).to(x.device))["seg"])
 
 
 @torch.no_grad()

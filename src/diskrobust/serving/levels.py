@@ -19,6 +19,7 @@ import torch
 
 from diskrobust import PATCH_SIZE
 from diskrobust.data.contours import px_to_mm
+from diskrobust.data.levels import SPIDER_DISKS, disk_level
 from diskrobust.serving.disk_search import (
     MAX_TURN_DEG,
     NEIGHBOUR_MM,
@@ -31,9 +32,7 @@ from diskrobust.serving.prediction import DEFAULT_PATCH_SPACING_MM, DiskPredicti
 __all__ = ["FIRST_DISK_LABEL", "TYPICAL_STEP_MM", "disk_level_name", "level_labels", "name_levels"]
 
 FIRST_DISK_LABEL = 201
-# Vertebrae from the bottom (SPIDER numbering): disk 200 + k lies directly below vertebra k.
-_VERTEBRAE_FROM_BOTTOM = ("L5", "L4", "L3", "L2", "L1", "T12", "T11", "T10", "T9", "T8", "T7", "T6",
-                          "T5", "T4", "T3", "T2", "T1", "C7", "C6", "C5", "C4", "C3", "C2")
+MAX_DISKS = len(SPIDER_DISKS)  # 201..225
 TYPICAL_STEP_MM = 38.0  # lumbar disk centre to the next one, when the disks give no step of their own
 MAX_PROBES_BELOW = 3
 NOT_IN_VIEW = "the image ends below the lowest disk before the sacrum: level names assume it is L5/S1"
@@ -41,12 +40,8 @@ GAP_BELOW = "a disk below may be missing (a gap in the column): the level name m
 
 
 def disk_level_name(label: int) -> str:
-    """SPIDER disk label -> level name: 201 -> "L5/S1", 202 -> "L4/L5", ..., 206 -> "T12/L1"."""
-    k = int(label) - 200
-    if not 1 <= k <= len(_VERTEBRAE_FROM_BOTTOM):
-        raise ValueError(f"disk label {label} is outside 201..{200 + len(_VERTEBRAE_FROM_BOTTOM)}")
-    below = "S1" if k == 1 else _VERTEBRAE_FROM_BOTTOM[k - 2]
-    return f"{_VERTEBRAE_FROM_BOTTOM[k - 1]}/{below}"
+    """SPIDER disk label -> level name: 201 -> "L5/S1", 202 -> "L4/L5", ..., 206 -> "T12/L1" (data/levels.py)."""
+    return disk_level(int(label))
 
 
 def level_labels(count: int = 5) -> dict[str, int]:
@@ -126,7 +121,7 @@ def name_levels(
         lowest = found
     column = below + disks if add_found else disks
     offset = 0 if add_found else len(below)
-    last = len(_VERTEBRAE_FROM_BOTTOM) - 1
+    last = MAX_DISKS - 1
     column = column[: last + 1 - offset]
     mm = px_to_mm(np.stack([d.centre_px for d in column]), spacing_mm)
     gaps = np.linalg.norm(np.diff(mm, axis=0), axis=1) > 1.5 * step_mm

@@ -265,39 +265,19 @@ def load_bundle_network(
     device: str | torch.device = "cpu",
     overrides: Mapping[str, Any] | None = None,
 ) -> torch.nn.Module:
-    """The bundle's ``network_def`` (configs/inference.json) with weights (default models/model.pt), in eval mode.
+    """The bundle's model (default ``models/model.pt``) built from its own description, in eval mode.
 
-    ``overrides`` replace arguments of network_def (e.g. {"width": 8} for weights trained with the
-    cpu-quick profile). The weights file holds a state_dict, or {"model": state_dict} (MONAI's
-    checkpoint saver). Raises DataError naming the file when the config or the weights are missing or
-    do not fit the network.
+    ``diskrobust.checkpoints.build_model_from_checkpoint``: the network and the patch geometry come
+    from the checkpoint; ``overrides`` (width, patch_size, patch_spacing_mm) are needed only for a plain
+    state_dict and are refused when they disagree with the description. The network carries the patch
+    geometry as ``serving_patch`` = (size, spacing_mm). DataError names the file and the problem.
     """
-    from monai.bundle import ConfigParser
+    from diskrobust.checkpoints import build_model_from_checkpoint
 
-    bundle = Path(bundle_path)
-    config_file = bundle / "configs" / "inference.json"
-    if not config_file.is_file():
-        raise DataError(config_file, "bundle inference config not found")
-    weights = Path(weights) if weights else bundle / "models" / "model.pt"
+    weights = Path(weights) if weights else Path(bundle_path) / "models" / "model.pt"
     if not weights.is_file():
         raise DataError(weights, "model weights not found (train the bundle first: docs/monai_label.md)")
-    parser = ConfigParser()
-    parser.read_config(str(config_file))
-    parser["bundle_root"] = str(bundle)
-    for key, value in (overrides or {}).items():
-        parser[f"network_def#{key}"] = value
-    try:
-        network = parser.get_parsed_content("network_def", instantiate=True)
-    except Exception as err:
-        raise DataError(config_file, f"cannot build network_def: {type(err).__name__}: {err}") from err
-    try:
-        state = torch.load(str(weights), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise DataError(weights, f"cannot read weights: {type(err).__name__}: {err}") from err
-    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]
-    try:
-        network.load_state_dict(state)
-    except Exception as err:
-        raise DataError(weights, f"weights do not fit the bundle's network_def: {err}") from err
-    return network.to(torch.device(device)).eval()
+    network, desc = build_model_from_checkpoint(weights, device, dict(overrides or {}) or None)
+    patch = desc.get("patch", {})
+    network.serving_patch = (int(patch.get("size", PATCH_SIZE)), float(patch.get("spacing_mm", DEFAULT_PATCH_SPACING_MM)))
+    return network.eval()

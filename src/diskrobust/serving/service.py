@@ -42,6 +42,8 @@ class DiskShapeService:
                  min_agreement: float = 0.8, max_side_px: int = MAX_IMAGE_SIDE_PX,
                  max_voxels: int = MAX_IMAGE_VOXELS):
         self.network = network.eval()
+        # a network from load_bundle_network knows the patch geometry it was trained with
+        patch_size, patch_spacing_mm = getattr(network, "serving_patch", (patch_size, patch_spacing_mm))
         self.patch_size = int(patch_size)
         self.patch_spacing_mm = float(patch_spacing_mm)
         self.threshold = float(threshold)
