@@ -234,6 +234,16 @@ def autotune(network: nn.Module, loss_function, example_inputs: torch.Tensor, pr
     return best, table
 
 
+def _same_on_all_ranks(settings: StepSettings) -> StepSettings:
+    """Rank 0's choice everywhere, so that DDP ranks run the same chunks (each rank times its own)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return settings
+    box = [settings]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 class TrainingStep:
     """`SupervisedTrainer(iteration_update=TrainingStep(...))`: MONAI's iteration with a faster step.
 
@@ -290,6 +300,7 @@ class TrainingStep:
         if AUTO in (micro, self.channels_last):
             settings, self.timings = autotune(network, loss_function, inputs, self.precision, self.channels_last,
                                               micro, self.autotune_repeats)
+            settings = _same_on_all_ranks(settings)
         else:
             settings = StepSettings(bool(self.channels_last), micro, self.precision)
         set_memory_format(_unwrap(network), settings.channels_last)
