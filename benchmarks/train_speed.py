@@ -111,7 +111,8 @@ def measure(width: int, batch: int, iters: int, warmup: int, device: str, thread
     }
 
 
-def compare(width: int, batch: int, device: str, size: int, rounds: int, seed: int, bf16: bool, peak_layout: bool) -> None:
+def compare(width: int, batch: int, device: str, size: int, rounds: int, seed: int, bf16: bool, peak_layout: bool,
+            extra: bool = False) -> None:
     """Old vs tuned training step, interleaved; prints a Markdown table."""
     import statistics
 
@@ -150,10 +151,10 @@ def compare(width: int, batch: int, device: str, size: int, rounds: int, seed: i
 
     chosen, tried = autotune(base, loss_fn, images, repeats=2)
     settings = {"today (NCHW, whole batch, fp32)": None, f"tuned: {chosen.describe()}": chosen}
-    # the other candidates the autotune tried, so that its choice can be checked in the same run
-    for cand in (StepSettings(True, None), StepSettings(False, 8), StepSettings(True, 8)):
-        if cand != chosen and (cand.micro_batch is None or cand.micro_batch < batch):
-            settings[cand.describe()] = cand
+    if extra:  # other candidates the autotune tried, so that its choice can be checked in the same rounds
+        for cand in (StepSettings(True, None), StepSettings(False, 8), StepSettings(True, 8)):
+            if cand != chosen and (cand.micro_batch is None or cand.micro_batch < batch):
+                settings[cand.describe()] = cand
     if bf16:
         cand = StepSettings(chosen.channels_last, chosen.micro_batch, "bf16")
         settings[f"tuned + bf16: {cand.describe()}"] = cand
@@ -175,22 +176,24 @@ def compare(width: int, batch: int, device: str, size: int, rounds: int, seed: i
     # the peak reference runs inside the rounds too, so that it sees the same load as the steps
     peak_fn, peak_flops = peak_conv(dev, channels_last=peak_layout)
     times = interleaved({**fns, "_peak": peak_fn}, rounds, dev)
-    peak = peak_flops / statistics.median(times.pop("_peak"))
-    ref = statistics.median(times[next(iter(times))])
+    peak_times = times.pop("_peak")
+    peak = peak_flops / statistics.median(peak_times)
+    today_times = times[next(iter(times))]
     print(f"\nTraining step, DiskShapeNet(width={width}), batch {batch}, {size} x {size}, device {device}, "
           f"{rounds} interleaved rounds after 1 warm-up; autotune tried: "
           + "; ".join(f"{k} {min(v):.3f} s" for k, v in tried.items()) + "\n")
-    print(f"fp32 conv peak in these rounds (median): {peak / 1e9:.1f} GFLOP/s\n")
+    print(f"fp32 conv peak in these rounds: median {peak / 1e9:.1f} GFLOP/s, best {peak_flops / min(peak_times) / 1e9:.1f}\n")
     print("| step | GFLOP/step | s/step best / median / worst | images/s (median) | GFLOP/s (median) "
-          "| % of measured conv peak | speed-up vs today (median; best) |")
+          "| % of the conv peak (per round, median) | speed-up vs today per round: min / median / max |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    best_ref = min(times[next(iter(times))])
     for label, secs in times.items():
         med = statistics.median(secs)
-        rate = flops[label] / med
+        # paired per round: both sides of each ratio ran back to back, under the same load
+        fraction = statistics.median((flops[label] / t) / (peak_flops / p) for t, p in zip(secs, peak_times))
+        ups = sorted(a / b for a, b in zip(today_times, secs))
         print(f"| {label} | {flops[label] / 1e9:.1f} | {min(secs):.3f} / {med:.3f} / {max(secs):.3f} "
-              f"| {batch / med:.1f} | {rate / 1e9:.1f} | {100 * rate / peak:.0f} % "
-              f"| {ref / med:.2f}x; {best_ref / min(secs):.2f}x |")
+              f"| {batch / med:.1f} | {flops[label] / med / 1e9:.1f} | {100 * fraction:.0f} % "
+              f"| {ups[0]:.2f}x / {statistics.median(ups):.2f}x / {ups[-1]:.2f}x |")
 
 
 def table(rows: list[dict]) -> str:
@@ -225,6 +228,8 @@ def main(argv=None) -> None:
                         help="today's step vs the autotuned TrainingStep, interleaved, with the measured conv peak")
     parser.add_argument("--rounds", type=int, default=5, help="--compare: interleaved timing rounds")
     parser.add_argument("--bf16", action="store_true", help="--compare: also the tuned step under bf16 autocast")
+    parser.add_argument("--candidates", action="store_true",
+                        help="--compare: also time the other layout/chunk candidates in the same rounds")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 1:
@@ -248,7 +253,8 @@ def main(argv=None) -> None:
               + f"; the faster layout is re-measured inside every round below")
         for width in args.widths:
             for batch in args.batch:
-                compare(width, batch, args.device, args.size, args.rounds, args.seed, args.bf16, peak_layout)
+                compare(width, batch, args.device, args.size, args.rounds, args.seed, args.bf16, peak_layout,
+                        args.candidates)
         print("\n" + machine(dev) + " (at the end)")
         return
 
