@@ -61,7 +61,9 @@ def _check_precision(precision: str, where: str = "precision") -> str:
 def _check_micro_batch(value, where: str = "micro_batch"):
     if value is None or value == AUTO:
         return value
-    if isinstance(value, bool) or int(value) != value or value < 0:
+    if isinstance(value, str) and value.lower() in ("none", "null", "0"):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 0:
         raise ValueError(f"{where} must be a positive integer, 0 (whole batch) or 'auto', got {value!r}")
     return int(value) or None
 
@@ -69,6 +71,8 @@ def _check_micro_batch(value, where: str = "micro_batch"):
 def _check_channels_last(value, where: str = "channels_last"):
     if value == AUTO or isinstance(value, bool):
         return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):  # a command-line override
+        return value.lower() == "true"
     raise ValueError(f"{where} must be true, false or 'auto', got {value!r}")
 
 
