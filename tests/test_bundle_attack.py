@@ -87,9 +87,10 @@ def _run(args, cwd) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_metadata_is_valid(bundle, meta_schema, tmp_path):
+def test_metadata_is_valid(bundle, repo_root, tmp_path):
     from monai.bundle import verify_metadata
 
+    meta_schema = repo_root / "bundles" / "meta_schema_20240725.json"  # vendored: no download, no ../shared
     # raises on a schema violation (the same check as `python -m monai.bundle verify_metadata`)
     verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(meta_schema))
     broken = json.loads((bundle / "configs" / "metadata.json").read_text())
@@ -211,3 +212,35 @@ def test_bad_inputs_fail_before_any_work(bundle, checkpoint, phantom, tmp_path):
     err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "profile": "nightly"})
     assert "nightly.json" in str(err) and "cpu-quick" in str(err)
     assert not out.exists()  # nothing was computed or written
+
+
+def _bundle_failure(args, cwd) -> tuple[int, list[str]]:
+    """Run a bundle command expected to fail; its return code and non-empty output lines (stdout + stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+    return proc.returncode, [line for line in proc.stdout.splitlines() if line.strip()]
+
+
+def test_misspelt_override_is_refused_before_any_work(bundle, repo_root, tmp_path):
+    out = tmp_path / "eval"
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "evaluate.json"),
+            "--output_dir", str(out), "--profle", "paper", "--network_def#widht=8", "--tensorboard", "maybe"]
+    rc, lines = _bundle_failure(args, repo_root)
+    assert rc != 0
+    last = "\n".join(lines[-3:])
+    assert "unknown setting 'profle' (closest: 'profile'" in last, "\n".join(lines[-30:])
+    assert "unknown setting 'network_def#widht' (closest: 'network_def#width'" in last
+    assert "'tensorboard' expects true or false, got 'maybe'" in last
+    assert any(line.startswith("Traceback") for line in lines)  # the details stay available above it
+    assert not out.exists()  # refused before any work: no phantom, no output folder
+
+
+def test_project_error_is_among_the_last_lines(bundle, repo_root, tmp_path):
+    missing = tmp_path / "no_such_model.pt"
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "evaluate.json"),
+            "--ckpt_path", str(missing), "--output_dir", str(tmp_path / "eval"), "--device", "cpu"]
+    rc, lines = _bundle_failure(args, repo_root)
+    assert rc != 0
+    assert f"{missing}: checkpoint file not found" in "\n".join(lines[-3:]), "\n".join(lines[-30:])
+    assert any("Failed to evaluate" in line for line in lines[:-3])  # MONAI's wrapping is still printed, above
