@@ -209,6 +209,10 @@ def test_device_augmented_loader_gives_the_dataset_samples_in_order():
     ds.set_epoch(4)  # read at iteration time: a new epoch gives new samples
     assert not torch.equal(next(iter(loader))["points"], batches[0]["points"])
     assert isinstance(augmentation_loader(ds, 2, "cpu"), torch.utils.data.DataLoader)
+    # a sampler's indices (a DDP rank's shard) are kept
+    shard = DeviceAugmentedLoader(ds, 2, "cpu", indices=[4, 1, 3])
+    assert len(shard) == 2
+    assert torch.equal(next(iter(shard))["points"][1], ds[1]["points"])
     with pytest.raises(ValueError, match="needs a CUDA device"):
         augmentation_loader(ds, 2, "cpu", gpu_augment=True)
     with pytest.raises(TypeError, match="ShapeAugmentedDataset"):

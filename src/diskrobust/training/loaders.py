@@ -14,13 +14,14 @@ import torch
 
 
 class DeviceAugmentedLoader:
-    """Iterable of collated batches `dataset.batch(range(i, i + batch_size), device)`, in order.
+    """Iterable of collated batches `dataset.batch(chunk, device)` over `indices` (default all samples, in
+    order; any iterable re-read every epoch, e.g. a DistributedSampler's shard), `batch_size` at a time.
 
     `len()` is the number of batches (Ignite's epoch length); `drop_last` drops a short last batch.
     The dataset is read at iteration time, so `set_epoch` before an epoch is honoured.
     """
 
-    def __init__(self, dataset, batch_size: int, device: torch.device | str, drop_last: bool = False):
+    def __init__(self, dataset, batch_size: int, device: torch.device | str, drop_last: bool = False, indices=None):
         if not hasattr(dataset, "batch"):
             raise TypeError(f"DeviceAugmentedLoader needs a dataset with .batch(indices, device) "
                             f"(ShapeAugmentedDataset), got {type(dataset).__name__}")
@@ -30,29 +31,54 @@ class DeviceAugmentedLoader:
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
         self.drop_last = bool(drop_last)
+        self.indices = indices
+
+    def _indices(self) -> list[int]:
+        return list(range(len(self.dataset))) if self.indices is None else [int(i) for i in self.indices]
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = len(self._indices()) if self.indices is not None else len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        n = len(self.dataset)
+        indices = self._indices()
         for b in range(len(self)):
-            start = b * self.batch_size
-            yield self.dataset.batch(range(start, min(start + self.batch_size, n)), device=self.device)
+            yield self.dataset.batch(indices[b * self.batch_size:(b + 1) * self.batch_size], device=self.device)
+
+
+def _gpu_augment(value) -> bool | str:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value not in ("auto", True, False):
+        raise ValueError(f"gpu_augment must be true, false or 'auto', got {value!r}")
+    return value
+
+
+def device_loader(dataloader, device, gpu_augment: bool | str = "auto"):
+    """The training loader for `device`: on CUDA (`gpu_augment` "auto" or true) a DeviceAugmentedLoader
+    over the configured DataLoader's dataset, batch size, drop_last and sampler indices (so a
+    DistributedSampler's shard is kept); elsewhere the DataLoader itself (per-sample warps, in
+    `num_workers` worker processes)."""
+    device = torch.device(device)
+    gpu_augment = _gpu_augment(gpu_augment)
+    if gpu_augment is True and device.type != "cuda":
+        raise ValueError(f"gpu_augment=true needs a CUDA device, the trainer's is {device}")
+    if not (gpu_augment is True or (gpu_augment == "auto" and device.type == "cuda")):
+        return dataloader
+    if not hasattr(dataloader.dataset, "batch"):
+        if gpu_augment is True:
+            raise TypeError(f"gpu_augment=true needs a ShapeAugmentedDataset, got {type(dataloader.dataset).__name__}")
+        return dataloader
+    sampler = getattr(dataloader, "sampler", None)
+    plain = isinstance(sampler, torch.utils.data.SequentialSampler)
+    return DeviceAugmentedLoader(dataloader.dataset, dataloader.batch_size, device, dataloader.drop_last,
+                                 indices=None if plain or sampler is None else sampler)
 
 
 def augmentation_loader(dataset, batch_size: int, device, num_workers: int = 0, gpu_augment: bool | str = "auto"):
-    """The training loader: batched augmentation on the device when it is CUDA (`gpu_augment` "auto"
-    or True), else MONAI's DataLoader with `num_workers` (per-sample warps in worker processes)."""
-    device = torch.device(device)
-    if gpu_augment not in ("auto", True, False):
-        raise ValueError(f"gpu_augment must be true, false or 'auto', got {gpu_augment!r}")
-    if gpu_augment is True and device.type != "cuda":
-        raise ValueError(f"gpu_augment=true needs a CUDA device, the trainer's is {device}")
-    if gpu_augment is True or (gpu_augment == "auto" and device.type == "cuda"):
-        return DeviceAugmentedLoader(dataset, batch_size, device)
+    """`device_loader` of a plain MONAI DataLoader(dataset, batch_size, num_workers, no shuffling)."""
     from monai.data import DataLoader
 
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=int(num_workers),
-                      persistent_workers=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=int(num_workers),
+                        persistent_workers=False)
+    return device_loader(loader, device, gpu_augment)
