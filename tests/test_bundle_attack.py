@@ -47,7 +47,7 @@ def phantom(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(phantom, tmp_path_factory) -> Path:
     """models/model.pt as the training bundle writes it: a plain state_dict of a (briefly) trained DiskShapeNet."""
-    from diskrobust.data.datasets import DiskPatchDataset
+    from diskrobust.datasets import DiskPatchDataset
     from diskrobust.losses import DiskShapeLoss
 
     ds = DiskPatchDataset(phantom / "datalist.json", "training", patch_size=PATCH, patch_spacing_mm=SPACING)

@@ -9,7 +9,7 @@ from monai.engines import SupervisedTrainer
 
 from diskrobust.batch import prepare_disk_batch
 from diskrobust.data.contours import polygon_fill_torch
-from diskrobust.data.datasets import PatchBank, ShapeAugmentedDataset
+from diskrobust.datasets import PatchBank, ShapeAugmentedDataset
 from diskrobust.handlers.adversarial import AdversarialTrainingHandler
 from diskrobust.losses import DiskShapeLoss
 from diskrobust.networks import DiskShapeNet, ellipse_mean_shape

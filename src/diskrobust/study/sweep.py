@@ -942,7 +942,7 @@ class BundleEvaluation:
         self.config = load_profile(self.profile, self.profiles_dir, self.sweep_overrides)
         load_network_checkpoint(self.network, self.ckpt_path, self.device)
         datalist = self._datalist_path()
-        from diskrobust.data.datasets import DiskPatchDataset
+        from diskrobust.datasets import DiskPatchDataset
 
         self.dataset = DiskPatchDataset(str(datalist), self.split, patch_size=self.patch_size,
                                         patch_spacing_mm=self.patch_spacing_mm)
