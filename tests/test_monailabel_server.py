@@ -70,7 +70,10 @@ def _http(method, url, fields=None, files=None, headers=None, timeout=300.0):
 
 def _nifti_bytes(image: np.ndarray, affine: np.ndarray, tmp: Path) -> bytes:
     path = tmp / f"{uuid.uuid4().hex}.nii.gz"
-    write_image_nifti(path, image, affine)
+    if image.ndim == 2:
+        write_image_nifti(path, image, affine)
+    else:
+        nib.save(nib.Nifti1Image(image, affine), str(path))
     return path.read_bytes()
 
 
