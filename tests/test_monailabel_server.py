@@ -180,10 +180,11 @@ def test_clicked_disks_are_outlined_and_named_from_the_bottom_up(server, subject
 def test_noise_and_a_photograph_have_no_lumbar_disks(server):
     from skimage import data
 
+    from diskrobust.data.dataset_io import sagittal_affine
+
     rng = np.random.default_rng(0)
-    affine = np.diag([0.6, 0.6, 0.6, 1.0])
-    for name, image in [("noise", rng.random((16, 256, 256)).astype(np.float32)),
-                        ("camera", data.camera().astype(np.float32))]:
+    for name, image, affine in [("noise", rng.random((16, 256, 256)).astype(np.float32), np.diag([0.6, 0.6, 0.6, 1.0])),
+                                ("camera", data.camera().astype(np.float32), sagittal_affine((0.6, 0.6)))]:
         status, _, body = _http("POST", f"{server['base']}/infer/disk_shape?output=json", fields={"params": "{}"},
                                 files={"file": (f"{name}.nii.gz", _nifti_bytes(image, affine, server["root"]))})
         assert status == 200, body[:300]
