@@ -35,6 +35,9 @@ FIRST_DISK_LABEL = 201
 MAX_DISKS = len(SPIDER_DISKS)  # 201..225
 TYPICAL_STEP_MM = 38.0  # lumbar disk centre to the next one, when the disks give no step of their own
 MAX_PROBES_BELOW = 3
+# A probe below may accept a weaker disk than the column's (L5/S1 is the most tilted and wedged, the
+# hardest for the network); the sacrum is kept out by the curve's direction, not by agreement.
+PROBE_AGREEMENT = 0.75
 NOT_IN_VIEW = "the image ends below the lowest disk before the sacrum: level names assume it is L5/S1"
 GAP_BELOW = "a disk below may be missing (a gap in the column): the level name may be too low"
 
@@ -109,7 +112,7 @@ def name_levels(
         where = lowest.centre_px - step
         if not (0 <= where[0] <= w - 1 and 0 <= where[1] <= h - 1):
             break
-        found = probe_disk(network, image, spacing_mm, where, step_mm, min_agreement, patch_size,
+        found = probe_disk(network, image, spacing_mm, where, step_mm, PROBE_AGREEMENT * min_agreement, patch_size,
                            patch_spacing_mm, deadline)
         if found is not None and not _continues_column(found, [*below, *disks], spacing_mm):
             found = None

@@ -23,7 +23,6 @@ long request blocks every other one, ``/info/`` included; unhandled errors are b
   in the image info it returns.
 """
 
-from __future__ import annotations
 
 import ipaddress
 import json
