@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diskrobust.study.grid import Arm, StudyConfig
-from diskrobust.study.results import atomic_write_json, atomic_write_text
+from diskrobust.data.dataset_io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from diskrobust.study.runner import ArmOutcome

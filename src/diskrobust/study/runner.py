@@ -22,7 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from diskrobust.study.grid import Arm, StudyConfig
-from diskrobust.study.results import atomic_write_json
+from diskrobust.data.dataset_io import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SHAPE_BUNDLE = REPO_ROOT / "bundles" / "lumbar_disk_shape"
@@ -104,19 +104,23 @@ def evaluate_stage(cfg: StudyConfig, arm: Arm) -> tuple[list[str], Path]:
     """The attack-bundle command that evaluates `arm` and its output folder."""
     arm_dir = cfg.arm_dir(arm)
     eval_dir = arm_dir / "eval"
+    from diskrobust.robustness.workflow import attack_bundle_args
+
+    # the study config's {"profile", "sweep_overrides"} -> profile file + `#` ids of the attack bundle
+    files, evaluation = attack_bundle_args(ATTACK_BUNDLE, cfg.evaluation)
     overrides: dict[str, Any] = {
         "ckpt_path": arm_dir / "models" / "model.pt",
         "dataset_dir": cfg.dataset_dir,
         "output_dir": eval_dir,
         "progress": False,
-        **{k: v for k, v in cfg.evaluation.items()},
+        **evaluation,
     }
     if "width" in cfg.train:
         overrides.setdefault("network_def#width", cfg.train["width"])
     for key in ("patch_size", "patch_spacing_mm"):  # the network must see patches as it was trained on them
         if key in cfg.train:
             overrides.setdefault(key, cfg.train[key])
-    return bundle_command("evaluating", [ATTACK_BUNDLE / "configs" / "evaluate.json"], overrides), eval_dir
+    return bundle_command("evaluating", files, overrides), eval_dir
 
 
 def run_arm(cfg: StudyConfig, arm: Arm, resume: bool = True) -> ArmOutcome:
