@@ -42,3 +42,34 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# The tiny study grid of tests/test_study.py and tests/test_study_ray.py: one local run of it serves
+# both (the Ray engine's results are compared with it), so its bundles run once per session.
+TINY_STUDY = {
+    "name": "tiny",
+    "shape_modes": [3, 1000],  # 1000 PCA modes cannot be fitted on the tiny phantom: that arm must fail alone
+    "methods": ["std", "adv_r"],
+    "train": {"epochs": 1, "samples_per_epoch": 8, "batch_size": 4, "width": 8, "num_workers": 0},
+    "adversarial": {"adv_steps": 2, "adv_ramp_epochs": 1},
+    "evaluation": {"sweep_overrides": {"num_samples": 3, "batch_size": 3, "tensorboard_images": 1,
+                                       "ind": {"eps": {"linf": [0.01, 0.05]}, "heads": ["points", "seg"],
+                                               "steps": 2},
+                                       "ood": {"starts": ["uniform_noise"], "steps": 3, "num_samples": 2}}},
+    "reduced": ["everything (a test)"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, tiny_phantom):
+    """(config, outcomes) of TINY_STUDY run once with the local engine (2 jobs) on the tiny phantom."""
+    import json
+
+    from diskrobust.study.grid import load_study_config
+    from diskrobust.study.runner import run_study
+
+    folder = tmp_path_factory.mktemp("tiny_study")
+    path = folder / "tiny.json"
+    path.write_text(json.dumps({**TINY_STUDY, "dataset": {"dataset_dir": str(tiny_phantom)}}))
+    cfg = load_study_config(path, folder / "out")
+    return cfg, run_study(cfg, progress=False, jobs=2)

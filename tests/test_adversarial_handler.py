@@ -258,3 +258,36 @@ def test_bad_configuration_is_rejected():
     trainer.state.batch = [torch.zeros(1)]
     with pytest.raises(ValueError, match="dict batches"):
         AdversarialTrainingHandler("adv_r", steps=1)(trainer)
+
+
+def test_incoming_per_sample_weight_is_multiplied_into_every_copy():
+    """A batch that already weights its samples keeps those weights on the clean and on every adversarial
+    copy, and the trainer's loss is the weighted mean with them."""
+    items = synthetic_items(4)
+    incoming = torch.tensor([1.0, 2.0, 0.5, 4.0])
+    for item, w in zip(items, incoming):
+        item["weight"] = w
+    torch.manual_seed(0)
+    network = DiskShapeNet(width=8, spatial_size=SIZE, blocks=(1, 1))
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1,
+                                train_data_loader=DataLoader(items, batch_size=BATCH, shuffle=False),
+                                network=network, optimizer=torch.optim.Adamax(network.parameters(), lr=1e-2),
+                                loss_function=DiskShapeLoss(), prepare_batch=prepare_disk_batch, decollate=False)
+    AdversarialTrainingHandler("adv_rs", eps=0.05, steps=2, ramp_epochs=0, seed=1).attach(trainer)
+    seen = record_batches(trainer)
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].item()))
+    trainer.run()
+    batch = seen[0]["batch"]
+    torch.testing.assert_close(batch["weight"], torch.cat([0.5 * incoming, 0.25 * incoming, 0.25 * incoming]))
+    net = DiskShapeNet(width=8, spatial_size=SIZE, blocks=(1, 1))
+    net.load_state_dict(seen[0]["state"])
+    loss_fn = DiskShapeLoss()
+    with torch.no_grad():
+        expected = loss_fn(net(batch["image"]), {"points": batch["points"], "mask": batch["mask"],
+                                                 "weight": batch["weight"]})
+    assert losses[0] == pytest.approx(expected.item(), rel=1e-5)
+    # the weights matter: the unweighted loss of the same batch differs
+    with torch.no_grad():
+        unweighted = loss_fn(net(batch["image"]), {"points": batch["points"], "mask": batch["mask"]})
+    assert abs(unweighted.item() - expected.item()) > 1e-3 * expected.item()

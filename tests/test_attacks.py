@@ -451,3 +451,186 @@ def test_bad_arguments_are_rejected(trained):
         PGD(net, steps=1)(image[:2], targets)
     with pytest.raises(KeyError, match="mask"):
         PGD(net, steps=1, objective="seg")(image, {"points": targets["points"]})
+
+
+# ---------------------------------------------------------------- base class, keep-best, projection in the loop
+
+
+class _MeanCurve(nn.Module):
+    """Every point at sin(12 * mean intensity): along the all-equal direction the loss has several bumps,
+    so a large step oscillates between a good and a bad iterate (PGD's sign step moves every pixel alike)."""
+
+    def forward(self, x):
+        v = torch.sin(12 * x.flatten(1).mean(1))
+        return {"pred": v.view(-1, 1, 1).expand(-1, 176, 2)}
+
+
+def _spy_objective(record):
+    def objective(outputs, targets):
+        loss = point_sse_per_sample(outputs["pred"], targets["points"])
+        record.append(loss.detach().clone())
+        return loss
+    return objective
+
+
+@pytest.mark.parametrize("norm,step", [("linf", 0.15), ("l2", 0.15 * 4)])
+def test_pgd_keeps_the_best_iterate_not_the_last(norm, step):
+    image = torch.full((2, 1, 4, 4), 0.5)
+    targets = {"points": torch.zeros(2, 176, 2)}
+    seen = []
+    result = PGD(_MeanCurve(), eps=0.2 if norm == "linf" else 0.8, steps=2, step_size=step, norm=norm,
+                 random_start=False, objective=_spy_objective(seen))(image, targets)
+    losses = torch.stack(seen)  # (steps + 1, B): iterates 0 (clean), 1, 2
+    assert len(seen) == 3 and (losses[1] > losses[2] + 1.0).all() and (losses[1] > losses[0]).all(), losses
+    torch.testing.assert_close(result.losses, losses[1])
+    torch.testing.assert_close(result.losses, sse_at(_MeanCurve(), result.images, targets))
+    last = PGD(_MeanCurve(), eps=0.2 if norm == "linf" else 0.8, steps=2, step_size=step, norm=norm,
+               random_start=False, keep_best=False)(image, targets)
+    torch.testing.assert_close(last.losses, losses[2])
+
+
+def test_ood_keeps_the_best_iterate_not_the_last():
+    """SGD with a large rate on the same bumpy curve: the loss goes down, then up again; the best is in the middle."""
+    start = torch.full((2, 1, 4, 4), 0.45)
+    targets = {"points": torch.zeros(2, 176, 2)}
+    seen = []
+
+    def spy(images, outputs):  # a zero "detector" that records the iterates the attack scores
+        seen.append(images.detach().clone())
+        return images.new_zeros(images.shape[0])
+
+    attack = OODAttack(_MeanCurve(), eps=5.0, steps=6, lr=0.4, optimizer="sgd", random_start=False,
+                       detector=spy, progress=False)
+    result = attack(start, targets)
+    assert len(seen) == 7
+    iterates = list(seen)  # attack.loss calls the spy again
+    with torch.no_grad():
+        losses = torch.stack([attack.loss(im, _MeanCurve()(im), targets) for im in iterates])
+    best = losses.argmin(0)
+    assert ((best > 0) & (best < 6)).all() and (losses[-1] > losses.amin(0) + 1e-3).all(), losses
+    torch.testing.assert_close(result.losses, losses.amin(0))
+    for i in range(2):
+        assert torch.equal(result.images[i], iterates[best[i]][i])
+
+
+def test_l2_iterates_are_projected_onto_the_box():
+    """PGD's L2 iterates follow the documented update exactly: step, scale into the ball, clip into [0, 1],
+    on an image whose saturated pixels the gradient pushes further up (there the box binds every step)."""
+
+    class Linear(nn.Module):
+        def forward(self, x):
+            return {"pred": x.flatten(1).sum(1).view(-1, 1, 1).expand(-1, 176, 2)}
+
+    image = torch.full((2, 1, 8, 8), 0.5)
+    image[:, :, :5] = 1.0
+    eps, step, steps = 1.0, 0.2, 6
+    objective = lambda outputs, targets: outputs["pred"][:, 0, 0]  # noqa: E731
+    result = PGD(Linear(), eps=eps, steps=steps, step_size=step, norm="l2", random_start=False,
+                 objective=objective, keep_best=False)(image, {"points": torch.zeros(2, 176, 2)})
+    delta = torch.zeros_like(image)
+    for _ in range(steps):
+        d = delta.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad((image + d).clamp(0, 1).flatten(1).sum(), d)
+        delta = delta + step * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        delta = delta * (eps / delta.flatten(1).norm(dim=1)).clamp(max=1).view(-1, 1, 1, 1)
+        delta = (image + delta).clamp(0, 1) - image
+    torch.testing.assert_close(result.deltas, delta, rtol=0, atol=1e-6)
+
+
+def test_base_class_owns_the_honest_context(trained):
+    """A new attack gets eval mode and frozen parameters from Attack.__call__ without asking for them."""
+    from diskrobust.attacks import Attack, AttackResult
+
+    net, image, targets = trained
+
+    class Probe(Attack):
+        def forward(self, images, targets):
+            self.seen = (self.model.training, any(p.requires_grad for p in self.model.parameters()),
+                         torch.is_grad_enabled())
+            if getattr(self, "fail", False):
+                raise RuntimeError("boom")
+            return AttackResult(images=images, losses=images.new_zeros(len(images)), deltas=images * 0)
+
+    net.train()
+    try:
+        probe = Probe(net)
+        with torch.no_grad():
+            probe(image, targets)
+        assert probe.seen == (False, False, True)
+        assert net.training and all(p.requires_grad for p in net.parameters())
+        probe.fail = True
+        with pytest.raises(RuntimeError, match="boom"):
+            probe(image, targets)
+        assert net.training and all(p.requires_grad for p in net.parameters())
+    finally:
+        net.eval()
+
+
+# ---------------------------------------------------------------- points-only forward and chunking
+
+
+def test_forward_heads_matches_forward_and_skips_the_decoder(trained):
+    net, image, targets = trained
+    calls = []
+    hook = net.seg_out.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            full = net(image)
+            assert len(calls) == 1
+            points_only = net.forward_heads(image, ("pred",))
+            assert set(points_only) == {"pred"} and torch.equal(points_only["pred"], full["pred"])
+            assert len(calls) == 1  # the decoder did not run
+            assert torch.equal(net.forward_heads(image, ("seg",))["seg"], full["seg"])
+        # PGD on "points" skips the decoder in every pass, the final scoring one included
+        calls.clear()
+        fast = PGD(net, eps=0.05, steps=3, seed=0)(image, targets)
+        assert calls == []
+
+        def undeclared(outputs, targets):  # the same point SSE without `heads`: the full network runs
+            return point_sse_per_sample(outputs["pred"], targets["points"])
+
+        slow = PGD(net, eps=0.05, steps=3, seed=0, objective=undeclared)(image, targets)
+        assert len(calls) == 4
+        assert torch.equal(fast.images, slow.images) and torch.equal(fast.losses, slow.losses)
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match="unknown heads"):
+        net.forward_heads(image, ("points",))
+
+
+def test_ood_points_only_skips_the_decoder_bit_identically(trained):
+    net, image, _ = trained
+    targets = {"points": targets_from_model(net, image[:4])["points"]}
+    start = uniform_noise(4, SIZE, generator=torch.Generator().manual_seed(3))
+    calls = []
+    hook = net.seg_out.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        fast = OODAttack(net, eps=4.0, steps=5, seed=0, progress=False)(start, targets)
+        assert calls == []
+        # a detector without `heads` may read any output: the full network runs, the result is the same
+        zero = lambda images, outputs: images.new_zeros(images.shape[0])  # noqa: E731
+        slow = OODAttack(net, eps=4.0, steps=5, seed=0, detector=zero, progress=False)(start, targets)
+        assert len(calls) == 6
+    finally:
+        hook.remove()
+    assert torch.equal(fast.images, slow.images) and torch.equal(fast.point_distance, slow.point_distance)
+
+
+def test_chunking_gives_the_same_adversarials(trained):
+    net, image, targets = trained
+    for kwargs in ({}, {"norm": "l2", "eps": 1.0, "update": "adamax", "restarts": 2}):
+        kwargs = {"eps": 0.05, "steps": 4, "seed": 3, **kwargs}
+        whole = PGD(net, **kwargs)(image, targets)
+        chunked = PGD(net, chunk_size=4, **kwargs)(image, targets)
+        assert torch.equal(whole.images, chunked.images) and torch.equal(whole.losses, chunked.losses), kwargs
+    # odd chunks: the last one is short; the seg path's kernels may round differently per batch size
+    whole = PGD(net, eps=0.1, steps=3, objective="seg", seed=1)(image, targets)
+    chunked = PGD(net, eps=0.1, steps=3, objective="seg", seed=1, chunk_size=3)(image, targets)
+    torch.testing.assert_close(chunked.losses, whole.losses, rtol=1e-3, atol=1e-4)
+    targets_ood = targets_from_model(net, image[:4])
+    start = uniform_noise(4, SIZE, generator=torch.Generator().manual_seed(3))
+    a = OODAttack(net, eps=4.0, steps=4, seed=0, progress=False)(start, {"points": targets_ood["points"]})
+    b = OODAttack(net, eps=4.0, steps=4, seed=0, progress=False, chunk_size=2)(start, {"points": targets_ood["points"]})
+    torch.testing.assert_close(b.losses, a.losses, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="chunk_size"):
+        PGD(net, chunk_size=0)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,22 +70,8 @@ def test_tables_have_one_row_per_arm_and_one_column_per_eps():
 
 
 @pytest.mark.slow
-def test_tiny_study_end_to_end_resume_and_failing_arm(tmp_path, tiny_phantom):
-    cfg = {
-        "name": "tiny",
-        "shape_modes": [3, 1000],  # 1000 PCA modes cannot be fitted on the tiny phantom: that arm must fail alone
-        "methods": ["std", "adv_r"],
-        "dataset": {"dataset_dir": str(tiny_phantom)},
-        "train": {"epochs": 1, "samples_per_epoch": 8, "batch_size": 4, "width": 8, "num_workers": 0},
-        "adversarial": {"adv_steps": 2, "adv_ramp_epochs": 1},
-        "evaluation": {"sweep_overrides": {"num_samples": 3, "batch_size": 3, "tensorboard_images": 1,
-                                           "ind": {"eps": {"linf": [0.01, 0.05]}, "heads": ["points", "seg"],
-                                                   "steps": 2},
-                                           "ood": {"starts": ["uniform_noise"], "steps": 3, "num_samples": 2}}},
-        "reduced": ["everything (a test)"],
-    }
-    study = load_study_config(_write(tmp_path, cfg), tmp_path / "out")
-    outcomes = run_study(study, progress=False, jobs=2)
+def test_tiny_study_end_to_end_resume_and_failing_arm(tiny_study):
+    study, outcomes = tiny_study
     status = {o.arm.name: o.status for o in outcomes}
     assert status["P3-std"] == "done" and status["P3-adv_r"] == "done", outcomes
     assert status["P1000-std"] == "failed" and status["P1000-adv_r"] == "failed"
@@ -98,3 +89,141 @@ def test_tiny_study_end_to_end_resume_and_failing_arm(tmp_path, tiny_phantom):
     again = {o.arm.name: o.status for o in run_study(study, progress=False)}
     assert again["P3-std"] == "skipped" and again["P3-adv_r"] == "skipped"
     assert model.stat().st_mtime_ns == mtime
+
+
+def test_grid_names_closest_keys_checks_types_and_refuses_duplicate_arms(tmp_path):
+    with pytest.raises(DataError, match=r"unknown keys 'shape_mode' \(did you mean 'shape_modes'\?\)"):
+        load_study_config(_write(tmp_path, {"shape_mode": [3]}))
+    with pytest.raises(DataError, match=r"unknown keys in dataset 'phantom_subject' \(did you mean 'phantom_subjects'"):
+        load_study_config(_write(tmp_path, {"dataset": {"phantom_subject": 4}}))
+    with pytest.raises(DataError, match=r"'adv-r' \(did you mean 'adv_r'"):
+        load_study_config(_write(tmp_path, {"methods": ["std", "adv-r"]}))
+    with pytest.raises(DataError, match=r"shape_modes lists \[3\] more than once"):
+        load_study_config(_write(tmp_path, {"shape_modes": [3, 3]}))
+    with pytest.raises(DataError, match=r"methods lists \['std'\] more than once"):
+        load_study_config(_write(tmp_path, {"methods": ["std", "adv_r", "std"]}))
+    for bad, what in [({"seed": True}, "seed must be an integer"), ({"jobs": "2"}, "jobs must be an integer"),
+                      ({"shape_modes": [3, "5"]}, "shape_modes must be a non-empty list of positive integers"),
+                      ({"train": ["epochs", 1]}, "train must be an object"), ({"retries": -1}, "retries must be >= 0"),
+                      ({"resources": {"gpus_per_arm": "1"}}, "resources.gpus_per_arm must be a number")]:
+        with pytest.raises(DataError, match=what):
+            load_study_config(_write(tmp_path, bad))
+    cfg = load_study_config(_write(tmp_path, {"retries": 2, "resources": {"cpus_per_arm": 2, "gpus_per_arm": 0.5}}))
+    assert cfg.retries == 2 and cfg.resources == {"cpus_per_arm": 2, "gpus_per_arm": 0.5}
+
+
+# ------------------------------------------------------------------ interruptions: no orphan, no second writer
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def _gone(pid: int) -> bool:
+    """Not running: absent, or a zombie waiting for init to reap it."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) in ("Z", "X")
+    except OSError:
+        return True
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _start_runner(config: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "diskrobust", "study", "--config", str(config), "--out", str(out),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _bundle_child(runner: subprocess.Popen, arm_dir: Path) -> int:
+    """The pid of the runner's bundle child once it trains `arm_dir`."""
+    _wait_for(lambda: (arm_dir / "train.running.json").is_file() or runner.poll() is not None, 120, "the training stage")
+    assert runner.poll() is None, runner.stdout.read()
+    return _wait_for(lambda: _children(runner.pid), 30, "the bundle child")[0]
+
+
+@pytest.mark.slow
+def test_killed_runner_takes_its_bundle_child_along_and_a_second_runner_is_refused(tmp_path, tiny_phantom):
+    config = _write(tmp_path, {"name": "kill", "shape_modes": [3], "methods": ["std"],
+                               "dataset": {"dataset_dir": str(tiny_phantom)},
+                               "train": {"epochs": 50, "samples_per_epoch": 8, "batch_size": 4, "width": 8,
+                                         "num_workers": 0}})
+    out = tmp_path / "out"
+    arm_dir = out / "arms" / "P3-std"
+
+    runner = _start_runner(config, out)
+    child = _bundle_child(runner, arm_dir)
+    # a second run on the same folder is refused, naming the holder
+    second = subprocess.run([sys.executable, "-m", "diskrobust", "study", "--config", str(config), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and f"pid {runner.pid}" in second.stderr, second.stderr
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    _wait_for(lambda: _gone(child), 10, f"the orphaned bundle child {child} to die")
+
+    # the rerun takes the stale lock over, and SIGTERM stops it together with its child
+    runner = _start_runner(config, out)
+    child = _bundle_child(runner, arm_dir)
+    os.kill(runner.pid, signal.SIGTERM)
+    assert runner.wait(timeout=30) == 143
+    assert _gone(child)
+    assert (out / ".diskrobust.lock").read_text() == ""  # released on the way out
+    moved = list((arm_dir / "previous").glob("*"))
+    assert moved and (moved[0] / "train.log").is_file()  # the killed run's partial training was set aside
+
+
+def test_without_ray_the_local_engine_works_and_the_ray_engine_says_how_to_install(tmp_path):
+    """Ray is the optional [cluster] extra: hide it and check the study imports and the message."""
+    config = _write(tmp_path, {"name": "t", "shape_modes": [3], "methods": ["std"]})
+    code = ("import sys; sys.modules['ray'] = None\n"  # `import ray` now raises ImportError
+            "import diskrobust.study.runner, diskrobust.study.cli\n"
+            "assert 'ray' not in {m.split('.')[0] for m, v in sys.modules.items() if v is not None}\n"
+            "from diskrobust.cli import main\n"
+            f"sys.exit(main(['study', '--config', {str(config)!r}, '--out', {str(tmp_path / 'out')!r}, "
+            "'--engine', 'ray', '--no-progress']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert 'pip install -e ".[cluster]"' in proc.stderr.splitlines()[-1]
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_progress_is_read_from_the_arm_logs_and_the_summary_names_every_report(tiny_study):
+    from diskrobust.study.progress import StageProgress, eval_progress, running_stages, train_progress
+    from diskrobust.study.report import summary_lines
+
+    study, outcomes = tiny_study
+    arm_dir = study.arm_dir(Arm(3, "std"))
+    done, detail = train_progress(arm_dir / "train.log")  # the real bundle's log: 1 epoch of 2 iterations
+    assert done == 1.0 and detail.startswith("epoch 1/1 iter 2/2 loss "), detail
+    done, detail = eval_progress(arm_dir / "eval" / "sweep.log")
+    assert done == 1.0 and detail.startswith("unit 7/7 (last: ood/"), detail
+    assert train_progress(arm_dir / "missing.log") == (0.0, "starting (data, patches, shape model)")
+
+    # a stage that started 30 s ago and is half done: 30 s to go
+    (arm_dir / "train.running.json").write_text(json.dumps({"stage": "train", "attempt": 2, "started": 1000.0}))
+    try:
+        [p] = running_stages(study, [Arm(3, "std")], now=1030.0)
+    finally:
+        (arm_dir / "train.running.json").unlink()
+    assert (p.arm, p.stage, p.attempt, p.elapsed_s) == ("P3-std", "train", 2, 30.0)
+    assert StageProgress("a", "train", 0.25, "", 30.0).eta_s == 90.0
+    assert "P3-std: train (try 2) epoch 1/1 iter 2/2" in p.line()
+
+    text = "\n".join(summary_lines(study, outcomes))
+    for arm in ("P3-std", "P3-adv_r"):
+        assert str(study.arm_dir(Arm(3, arm.split("-")[1])) / "eval" / "report.md") in text
+    assert str(study.output_dir / "report.md") in text and "tensorboard --logdir" in text
+    assert "2 done, 0 finished earlier, 2 failed" in text

@@ -6,12 +6,10 @@ transforms, distributed training, and the inference input/output transforms.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
 import sys
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -29,16 +27,7 @@ CHECKPOINT_PREFIX = "checkpoint"
 # command-line values
 
 
-def as_bool(value) -> bool:
-    """A flag from a config or the command line: `--resume true` reaches the config as the string "true"."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off", ""):
-            return False
-        raise ValueError(f"expected a boolean (true/false), got {value!r}")
-    return bool(value)
+from diskrobust.config_values import as_bool  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,139 +160,39 @@ def _bank_points(bank) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# network, checkpoints and resuming
+# network, checkpoints and resuming: moved to diskrobust.checkpoints / diskrobust.distributed
 
-
-def select_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` as torch.device; None/"" or "auto" -> cuda:0 when available, else cpu."""
-    if device is None or str(device) in ("", "auto"):
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+from diskrobust.checkpoints import (  # noqa: E402  (temporary re-export until the configs move)
+    CHECKPOINT_PREFIX,
+    BestModelState,
+    latest_checkpoint,
+    list_checkpoints,
+    load_weights,
+    read_checkpoint,
+    resume_checkpoint,
+    split_checkpoint,
+    weights_digest,
+)
+from diskrobust.distributed import record_weights_digest, select_device  # noqa: E402
 
 
 def load_state_dict_file(path: str, device: str | torch.device = "cpu") -> dict:
     """A state_dict from a file that holds one plainly or under "model"/"network" (weights_only load)."""
-    path_ = Path(path)
-    if not path_.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path_}")
-    state = torch.load(path_, map_location=device, weights_only=True)
-    for key in ("model", "network"):
-        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-            return dict(state[key])
-    return dict(state)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return split_checkpoint(read_checkpoint(path, device), path)[0]
 
 
 def build_network(network_def: torch.nn.Module, device, ckpt: str = "", init_mean_shape=None) -> torch.nn.Module:
-    """Move the network to `device` and give it its starting weights.
-
-    ckpt: a weights file to fine-tune from ("" = none); init_mean_shape: (N, 2) mean training contour
-    set as the point head's base shape when not starting from a checkpoint (the checkpoint holds its own).
-    """
+    """Move the network to `device` and give it its starting weights (ckpt, or the training mean shape)."""
     if ckpt:
-        network_def.load_state_dict(load_state_dict_file(ckpt))
+        if not Path(ckpt).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+        load_weights(network_def, load_state_dict_file(ckpt), ckpt)
         logger.info("initial weights loaded from %s", ckpt)
     elif init_mean_shape is not None and getattr(network_def, "has_point_head", False):
         network_def.set_mean_shape(init_mean_shape)
     return network_def.to(select_device(device))
-
-
-def list_checkpoints(ckpt_dir: str, prefix: str = CHECKPOINT_PREFIX) -> list[tuple[int, Path]]:
-    """Full checkpoints `{prefix}_epoch=N.pt` in `ckpt_dir` as (N, path), newest first."""
-    found = []
-    for path in Path(ckpt_dir).glob(f"{prefix}_epoch=*.pt"):
-        try:
-            found.append((int(path.stem.split("=")[-1]), path))
-        except ValueError:
-            continue
-    return sorted(found, reverse=True)
-
-
-def latest_checkpoint(ckpt_dir: str, prefix: str = CHECKPOINT_PREFIX) -> str | None:
-    """The newest complete full checkpoint, or None.
-
-    A run killed while writing leaves a truncated file; torch's format is a zip whose directory is
-    written last, so a file that is not a valid zip is skipped in favour of the one before it.
-    """
-    for _, path in list_checkpoints(ckpt_dir, prefix):
-        if zipfile.is_zipfile(path):
-            return str(path)
-        logger.warning("skipping incomplete checkpoint %s", path)
-    return None
-
-
-def resume_checkpoint(ckpt_dir: str, resume: bool) -> str | None:
-    """Path to resume from when `resume` is true (FileNotFoundError when there is none), else None."""
-    if not as_bool(resume):
-        return None
-    path = latest_checkpoint(ckpt_dir)
-    if path is None:
-        raise FileNotFoundError(f"resume=true but no complete {CHECKPOINT_PREFIX}_epoch=N.pt in {ckpt_dir}")
-    logger.info("resuming from %s", path)
-    return path
-
-
-class BestModelState:
-    """Makes the best-model bookkeeping part of the full checkpoint, so a resumed run keeps it.
-
-    Without it a resumed run forgets the best score so far: the CheckpointSaver's first validation
-    would overwrite model.pt even when worse, and the evaluator would report a "new best". Holds the
-    saver's list of (score, file) and the evaluator's best_metric / best_metric_epoch, as plain
-    numbers and strings so `torch.load(weights_only=True)` (used by CheckpointLoader) accepts them.
-    """
-
-    def __init__(self, saver, evaluator=None):
-        self.saver = saver
-        self.evaluator = evaluator
-
-    def _checkpoint(self):
-        # MONAI's CheckpointSaver keeps its ignite Checkpoint for the key metric here and has no public accessor
-        ckpt = getattr(self.saver, "_key_metric_checkpoint", None)
-        if ckpt is None:
-            raise ValueError("BestModelState needs a CheckpointSaver with save_key_metric=True")
-        return ckpt
-
-    def state_dict(self) -> dict:
-        if self.saver is None:  # a distributed rank that does not save
-            return {}
-        state: dict = {"saved": [[float(priority), str(name)] for priority, name in self._checkpoint()._saved]}
-        if self.evaluator is not None:
-            state["best_metric"] = float(self.evaluator.state.best_metric)
-            state["best_metric_epoch"] = int(self.evaluator.state.best_metric_epoch)
-        return state
-
-    def load_state_dict(self, state: Mapping) -> None:
-        if self.saver is not None:
-            self.saver.load_state_dict({"_saved": [(p, n) for p, n in state.get("saved", [])]})
-        if self.evaluator is not None and "best_metric" in state:  # restored on every rank: they all validate
-            self.evaluator.state.best_metric = float(state["best_metric"])
-            self.evaluator.state.best_metric_epoch = int(state["best_metric_epoch"])
-
-
-def weights_digest(network: torch.nn.Module) -> str:
-    """sha256 of a network's state_dict (names, shapes and values) in a fixed order."""
-    module = getattr(network, "module", network)
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
-def record_weights_digest(network: torch.nn.Module, path: str, stage: str) -> str:
-    """Append {"stage", "rank", "sha256"} as one JSON line to `path` ("" = do nothing); returns the digest.
-
-    Lets a distributed run show that every rank ends with the same weights.
-    """
-    digest = weights_digest(network)
-    if path:
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        out = Path(str(path).format(rank=rank))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a") as f:
-            f.write(json.dumps({"stage": stage, "rank": rank, "sha256": digest}) + "\n")
-    return digest
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,33 +217,15 @@ def train_scalars(loss_fn, optimizer) -> Callable:
 
 
 # --------------------------------------------------------------------------------------------------
-# distributed training
+# distributed training: moved to diskrobust.distributed
 
-
-def distributed_backend(device) -> str:
-    """nccl for CUDA devices, gloo otherwise (CPU)."""
-    return "nccl" if torch.device(device).type == "cuda" else "gloo"
-
-
-def distributed_device() -> torch.device:
-    """This process's device under torchrun: cuda:LOCAL_RANK when CUDA is available, else cpu."""
-    import os
-
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    return torch.device("cpu")
-
-
-def init_distributed(device) -> int:
-    """Initialise the default process group (once) with the backend matching `device`; returns the rank."""
-    import torch.distributed as dist
-
-    device = torch.device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend=distributed_backend(device))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return dist.get_rank()
+from diskrobust.distributed import (  # noqa: E402
+    distributed_backend,
+    distributed_device,
+    init_distributed,
+    is_main_process,
+    quiet_unless_main,
+)
 
 
 def attach_handlers(engine, handlers) -> None:
@@ -362,18 +233,6 @@ def attach_handlers(engine, handlers) -> None:
     for handler in handlers or []:
         if handler is not None:
             handler.attach(engine)
-
-
-def quiet_unless_main(*engines) -> None:
-    """Only rank 0 logs progress: other ranks' engine loggers drop to WARNING."""
-    if not is_main_process():
-        for engine in engines:
-            engine.logger.setLevel(logging.WARNING)
-
-
-def is_main_process() -> bool:
-    """True on rank 0 or when not distributed: only this process saves checkpoints and writes logs."""
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 # --------------------------------------------------------------------------------------------------

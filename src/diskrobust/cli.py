@@ -12,6 +12,7 @@ import sys
 # command -> (module providing add_arguments(parser) and run(args), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("diskrobust.data.phantom_cli", "Generate the built-in lumbar MR phantom dataset."),
+    "phantom-stats": ("diskrobust.data.phantom_stats_cli", "Disk-population statistics of a dataset and the study's go/no-go gate."),
     "convert": ("diskrobust.data.convert_cli", "Convert SPIDER / MRSpineSeg / generic data to the project's format."),
     "study": ("diskrobust.study.cli", "Run the shape-variation x training-method x attack study."),
     "demo": ("diskrobust.study.demo", "Small end-to-end demo on the phantom (the README's main job)."),

@@ -1,4 +1,5 @@
-"""What every attack shares: the honest-attack context, the result type and the base class.
+"""What every attack shares: the honest-attack context, the result type, the base class and the
+keep-best bookkeeping.
 
 An attack must observe the network, never change it. `attack_context` is the one place that
 guarantees this: eval mode during the attack (every submodule's own training flag restored after),
@@ -10,6 +11,7 @@ written and DDP's reducer hooks never fire.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -75,8 +77,61 @@ class AttackResult:
     point_distance: torch.Tensor | None = None
 
 
+class BestIterate:
+    """Per-sample keep-best bookkeeping, the one place every attack decides what "better" means.
+
+    `maximize=True` keeps the highest loss (untargeted), False the lowest (targeted, OOD). A strictly
+    better loss replaces the kept one, so ties keep the earlier iterate; a sample whose loss was never
+    finite-comparable keeps `start` (default zeros) with loss NaN. `update(loss, delta, rows)` updates
+    the samples `rows` (a slice of the batch, for chunked attacks) and returns the mask of improved ones.
+    """
+
+    def __init__(self, like: torch.Tensor, maximize: bool = True, start: torch.Tensor | None = None):
+        batch = like.shape[0]
+        self.maximize = bool(maximize)
+        self.score = torch.full((batch,), -math.inf, device=like.device, dtype=like.dtype)
+        self.loss = torch.full((batch,), math.nan, device=like.device, dtype=like.dtype)
+        self.delta = torch.zeros_like(like) if start is None else start.detach().clone()
+
+    def update(self, loss: torch.Tensor, delta: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        loss = loss.detach()
+        score = loss if self.maximize else -loss
+        better = score > self.score[rows]
+        self.score[rows] = torch.where(better, score, self.score[rows])
+        self.loss[rows] = torch.where(better, loss, self.loss[rows])
+        mask = better.view(-1, *([1] * (delta.ndim - 1)))
+        self.delta[rows] = torch.where(mask, delta.detach(), self.delta[rows])
+        return better
+
+
+def chunks(batch: int, chunk_size: int | None) -> list[slice]:
+    """The batch cut into consecutive slices of `chunk_size` samples (None: one slice)."""
+    if chunk_size is None or chunk_size >= batch:
+        return [slice(0, batch)]
+    return [slice(i, min(batch, i + chunk_size)) for i in range(0, batch, chunk_size)]
+
+
+def heads_of(objective) -> tuple[str, ...] | None:
+    """The network outputs an objective reads (its `heads` attribute), or None: unknown, run everything."""
+    heads = getattr(objective, "heads", None)
+    return None if heads is None else tuple(heads)
+
+
+def run_model(model: nn.Module, images: torch.Tensor, heads: tuple[str, ...] | None) -> dict[str, torch.Tensor]:
+    """The network's outputs, only `heads` of them when the network can skip the rest (`forward_heads`)."""
+    if heads is not None and callable(getattr(model, "forward_heads", None)):
+        return model.forward_heads(images, heads)
+    return model(images)
+
+
 class Attack:
-    """Base class: holds the unwrapped model; `__call__` is `forward` (torchattacks style)."""
+    """Base class (the torchattacks template): `__call__` guards the network, `forward` does the work.
+
+    `__call__` runs `forward` inside `attack_context(*self.guarded_modules())` — eval mode, parameters
+    frozen, autograd on, every flag restored after — so no attack can forget it. Subclasses implement
+    `forward(images, targets) -> AttackResult` and may extend `guarded_modules` (e.g. a detector);
+    call the attack, not `forward`, from outside.
+    """
 
     def __init__(self, model: nn.Module, seed: int | None = None):
         if not isinstance(model, nn.Module):
@@ -84,11 +139,15 @@ class Attack:
         self.model = unwrap_model(model)
         self.seed = seed
 
+    def guarded_modules(self) -> tuple[nn.Module | None, ...]:
+        return (self.model,)
+
     def forward(self, images: torch.Tensor, targets: dict[str, torch.Tensor]) -> AttackResult:
         raise NotImplementedError
 
-    def __call__(self, images: torch.Tensor, targets: dict[str, torch.Tensor]) -> AttackResult:
-        return self.forward(images, targets)
+    def __call__(self, images: torch.Tensor, targets: dict[str, torch.Tensor], **kwargs) -> AttackResult:
+        with attack_context(*self.guarded_modules()):
+            return self.forward(images, targets, **kwargs)
 
 
 def check_images(images: torch.Tensor, who: str) -> torch.Tensor:

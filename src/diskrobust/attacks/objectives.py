@@ -37,7 +37,8 @@ def build_objective(objective: str | Objective, point_loss: str = "sse") -> Obje
     """Turn "points" | "seg" | "both" | a callable into an objective.
 
     "points": point SSE (or MAE) of outputs["pred"] vs targets["points"]; "seg": 1 - soft Dice of
-    outputs["seg"] vs targets["mask"]; "both": their sum.
+    outputs["seg"] vs targets["mask"]; "both": their sum. The returned function's `heads` attribute
+    names the outputs it reads; a callable may declare its own `heads` (else the full forward runs).
     """
     if callable(objective):
         return objective
@@ -56,6 +57,8 @@ def build_objective(objective: str | Objective, point_loss: str = "sse") -> Obje
     def both(outputs, targets):
         return points(outputs, targets) + seg(outputs, targets)
 
+    # the network outputs each objective reads: the attacks skip the rest (e.g. the decoder for "points")
+    points.heads, seg.heads, both.heads = ("pred",), ("seg",), ("pred", "seg")
     table = {"points": points, "seg": seg, "both": both}
     if objective not in table:
         raise ValueError(f"objective must be one of {sorted(table)} or a callable, got {objective!r}")

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from diskrobust.losses import soft_dice_loss_per_sample
 
-from ._base import Attack, AttackResult, attack_context, check_images, make_generator, unwrap_model
+from ._base import (Attack, AttackResult, BestIterate, attack_context, check_images, chunks, heads_of, make_generator,
+                    run_model, unwrap_model)
 from .objectives import mean_point_distance, point_mse_per_sample
 from .pgd import _targets_on, project_, random_start
 
@@ -56,9 +57,11 @@ class OODAttack(Attack):
         random_start: start from a uniform draw in the L2 ball of radius `start_radius` (default eps).
         detector: optional callable(images (B, 1, H, W), outputs) -> (B,) OOD score, added to the loss
             with `detector_weight` (adaptive attack: also drive the detector's score down). An nn.Module
-            detector is guarded like the network (eval mode, untouched).
+            detector is guarded like the network (eval mode, untouched). A detector that reads only some
+            of `outputs` may say so with a `heads` attribute (e.g. `()`), else the full forward runs.
         seed: seeds the random start (None: global RNG).
         progress: show a tqdm bar.
+        chunk_size: attack the batch in chunks of this many samples (None: all at once), as in PGD.
 
     `forward(start_images (B, 1, H, W), targets {"points": (B, 176, 2), "mask": (B, 1, H, W) optional})`
     -> AttackResult: images, losses (B,) = the minimised loss at the returned images (detector term
@@ -69,8 +72,12 @@ class OODAttack(Attack):
     def __init__(self, model: nn.Module, eps: float = 40.0, steps: int = 4000, lr: float = 0.01,
                  optimizer: str = "adamax", random_start: bool = True, start_radius: float | None = None,
                  detector: Detector | None = None, detector_weight: float = 1.0,
-                 clip: tuple[float, float] = (0.0, 1.0), seed: int | None = None, progress: bool = True):
+                 clip: tuple[float, float] = (0.0, 1.0), seed: int | None = None, progress: bool = True,
+                 chunk_size: int | None = None):
         super().__init__(model, seed)
+        if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
+            raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size}")
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
         if not (math.isfinite(eps) and eps >= 0):
             raise ValueError(f"eps must be a finite number >= 0, got {eps}")
         if int(steps) != steps or steps < 0:
@@ -107,43 +114,61 @@ class OODAttack(Attack):
             total = total + self.detector_weight * self.detector(images, outputs)
         return total
 
+    def guarded_modules(self) -> tuple[nn.Module | None, ...]:
+        return (self.model, self.detector if isinstance(self.detector, nn.Module) else None)
+
+    def heads(self, targets: Mapping[str, torch.Tensor]) -> tuple[str, ...] | None:
+        """The network outputs the loss reads; None (all) when a detector does not declare its `heads`."""
+        if self.detector is not None and heads_of(self.detector) is None:
+            return None
+        wanted = {"pred"} if "points" in targets else set()
+        wanted |= {"seg"} if "mask" in targets else set()
+        wanted |= set(heads_of(self.detector) or ())
+        return tuple(h for h in ("pred", "seg") if h in wanted)
+
     def forward(self, start_images: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> AttackResult:
         x = check_images(start_images, "OODAttack")
         targets = _targets_on(targets, x)
         gen = make_generator(x.device, self.seed)
-        detector_module = self.detector if isinstance(self.detector, nn.Module) else None
         if self.random_start:
             delta = random_start(x, self.start_radius, "l2", gen)
         else:
             delta = torch.zeros_like(x)
         project_(delta, x, self.eps, "l2", self.clip)
-        optimizer = OPTIMIZERS[self.optimizer]([delta], lr=self.lr)
-        best_loss = torch.full((x.shape[0],), math.inf, device=x.device, dtype=x.dtype)
-        best_delta = delta.clone()
-        with attack_context(self.model, detector_module):
-            for k in tqdm(range(self.steps + 1), desc="OOD attack", disable=not self.progress, leave=False):
-                last = k == self.steps
-                delta.requires_grad_(not last)
-                adv = (x + delta).clamp(*self.clip)
-                with torch.set_grad_enabled(not last):
-                    loss = self.loss(adv, self.model(adv), targets)
-                better = loss.detach() < best_loss
-                best_loss = torch.where(better, loss.detach(), best_loss)
-                best_delta = torch.where(better.view(-1, 1, 1, 1), delta.detach(), best_delta)
-                if last:
-                    break
-                (grad,) = torch.autograd.grad(loss.sum(), delta)
-                delta.requires_grad_(False)
-                with torch.no_grad():
-                    delta.grad = grad
-                    optimizer.step()
-                    delta.grad = None
-                    project_(delta, x, self.eps, "l2", self.clip)
-        adv = (x + best_delta).clamp(*self.clip)
+        best = BestIterate(x, maximize=False, start=delta)
+        heads = self.heads(targets)
+        parts = chunks(x.shape[0], self.chunk_size)
+        bar = tqdm(total=(self.steps + 1) * len(parts), desc="OOD attack", disable=not self.progress, leave=False)
+        for rows in parts:
+            self._run(x[rows], delta[rows].clone(), {k: v[rows] for k, v in targets.items()}, heads, best, rows, bar)
+        bar.close()
+        adv = (x + best.delta).clamp(*self.clip)
         distance = None
         if "points" in targets:
-            with attack_context(self.model), torch.no_grad():
-                out = self.model(adv)
+            with torch.no_grad():
+                out = run_model(self.model, adv, ("pred",))
             if "pred" in out:
                 distance = mean_point_distance(out["pred"], targets["points"])
-        return AttackResult(images=adv, losses=best_loss, deltas=adv - x, point_distance=distance)
+        return AttackResult(images=adv, losses=best.loss, deltas=adv - x, point_distance=distance)
+
+    def _run(self, x: torch.Tensor, delta: torch.Tensor, targets: Mapping[str, torch.Tensor],
+             heads: tuple[str, ...] | None, best: BestIterate, rows: slice, bar) -> None:
+        """The samples `rows`: `steps` optimiser steps from `delta`, every iterate scored into `best`."""
+        optimizer = OPTIMIZERS[self.optimizer]([delta], lr=self.lr)
+        for k in range(self.steps + 1):
+            last = k == self.steps
+            delta.requires_grad_(not last)
+            adv = (x + delta).clamp(*self.clip)
+            with torch.set_grad_enabled(not last):
+                loss = self.loss(adv, run_model(self.model, adv, heads), targets)
+            best.update(loss, delta, rows)
+            bar.update(1)
+            if last:
+                break
+            (grad,) = torch.autograd.grad(loss.sum(), delta)
+            delta.requires_grad_(False)
+            with torch.no_grad():
+                delta.grad = grad
+                optimizer.step()
+                delta.grad = None
+                project_(delta, x, self.eps, "l2", self.clip)

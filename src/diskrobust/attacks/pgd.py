@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._base import Attack, AttackResult, attack_context, check_images, make_generator
+from ._base import Attack, AttackResult, BestIterate, check_images, chunks, heads_of, make_generator, run_model
 from .objectives import Objective, build_objective
 
 NORMS = ("linf", "l2")
@@ -83,6 +83,13 @@ class PGD(Attack):
         seed: seeds a fresh generator on the images' device for each call's random starts (None: global RNG).
         generator: draw the random starts from this generator instead (it advances across calls); overrides seed.
         progress: show a tqdm bar over the steps.
+        chunk_size: attack the batch in consecutive chunks of this many samples (None: all at once).
+            Every per-sample operation is independent of the others (GroupNorm, no batch statistics;
+            starts drawn for the whole batch first), so this changes speed only - smaller working sets
+            stay in cache (benchmarks/attack_chunking.py measures the best size for a machine).
+
+    Only the network outputs the objective reads are computed (`objective.heads`, through the
+    network's `forward_heads` when it has one): "points" skips DiskShapeNet's U-Net decoder.
 
     `forward(images (B, 1, H, W), targets {"points": (B, 176, 2), "mask": (B, 1, H, W)})` -> AttackResult
     with images, losses (B,) = objective at the returned images, deltas.
@@ -92,8 +99,12 @@ class PGD(Attack):
                  norm: str = "linf", random_start: bool = True, update: str = "sign",
                  objective: str | Objective = "points", point_loss: str = "sse", targeted: bool = False,
                  restarts: int = 1, clip: tuple[float, float] = (0.0, 1.0), keep_best: bool = True,
-                 seed: int | None = None, generator: torch.Generator | None = None, progress: bool = False):
+                 seed: int | None = None, generator: torch.Generator | None = None, progress: bool = False,
+                 chunk_size: int | None = None):
         super().__init__(model, seed)
+        if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
+            raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size}")
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.generator = generator
         if not (math.isfinite(eps) and eps >= 0):
             raise ValueError(f"eps must be a finite number >= 0, got {eps}")
@@ -116,6 +127,7 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.update = update
         self.objective = build_objective(objective, point_loss)
+        self.heads = heads_of(self.objective)
         self.targeted = bool(targeted)
         self.restarts = int(restarts)
         self.clip = (float(clip[0]), float(clip[1]))
@@ -124,54 +136,54 @@ class PGD(Attack):
 
     def _loss(self, images: torch.Tensor, delta: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
         # The clamp makes the evaluated image exactly the returned one (x + delta may be off by an ulp).
-        return self.objective(self.model((images + delta).clamp(*self.clip)), targets)
+        return self.objective(run_model(self.model, (images + delta).clamp(*self.clip), self.heads), targets)
 
     def forward(self, images: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> AttackResult:
         x = check_images(images, "PGD")
         targets = _targets_on(targets, x)
-        sign = -1.0 if self.targeted else 1.0
         gen = self.generator if self.generator is not None else make_generator(x.device, self.seed)
-        batch = x.shape[0]
-        best_score = torch.full((batch,), -math.inf, device=x.device, dtype=x.dtype)
-        best_loss = torch.zeros(batch, device=x.device, dtype=x.dtype)
-        best_delta = torch.zeros_like(x)
-        bar = tqdm(total=self.restarts * self.steps, desc="PGD", disable=not self.progress, leave=False)
-        with attack_context(self.model):
-            for _ in range(self.restarts):
-                delta = random_start(x, self.eps, self.norm, gen) if self.random_start else torch.zeros_like(x)
-                project_(delta, x, self.eps, self.norm, self.clip)
-                optimizer = torch.optim.Adamax([delta], lr=self.step_size) if self.update == "adamax" else None
-                for k in range(self.steps + 1):
-                    last = k == self.steps
-                    if last:
-                        with torch.no_grad():
-                            loss = self._loss(x, delta, targets)
-                    else:
-                        delta.requires_grad_(True)
-                        loss = self._loss(x, delta, targets)
-                        (grad,) = torch.autograd.grad(loss.sum() * sign, delta)
-                        delta.requires_grad_(False)
-                    if self.keep_best or last:
-                        score = sign * loss.detach()
-                        better = score > best_score
-                        best_score = torch.where(better, score, best_score)
-                        best_loss = torch.where(better, loss.detach(), best_loss)
-                        best_delta = torch.where(better.view(-1, 1, 1, 1), delta.detach(), best_delta)
-                    if last:
-                        break
-                    with torch.no_grad():
-                        direction = ascent_direction(grad, self.norm)
-                        if optimizer is None:
-                            delta.add_(direction, alpha=self.step_size)
-                        else:
-                            delta.grad = direction.neg_()  # Adamax minimises
-                            optimizer.step()
-                            delta.grad = None
-                        project_(delta, x, self.eps, self.norm, self.clip)
-                    bar.update(1)
+        best = BestIterate(x, maximize=not self.targeted)
+        parts = chunks(x.shape[0], self.chunk_size)
+        bar = tqdm(total=self.restarts * self.steps * len(parts), desc="PGD", disable=not self.progress, leave=False)
+        for _ in range(self.restarts):
+            # drawn for the whole batch, so that the chunking cannot change any sample's start
+            delta = random_start(x, self.eps, self.norm, gen) if self.random_start else torch.zeros_like(x)
+            project_(delta, x, self.eps, self.norm, self.clip)
+            for rows in parts:
+                self._run(x[rows], delta[rows].clone(), {k: v[rows] for k, v in targets.items()}, best, rows, bar)
         bar.close()
-        adv = (x + best_delta).clamp(*self.clip)
-        return AttackResult(images=adv, losses=best_loss, deltas=adv - x)
+        adv = (x + best.delta).clamp(*self.clip)
+        return AttackResult(images=adv, losses=best.loss, deltas=adv - x)
+
+    def _run(self, x: torch.Tensor, delta: torch.Tensor, targets: Mapping[str, torch.Tensor], best: BestIterate,
+             rows: slice, bar) -> None:
+        """One restart on the samples `rows`: `steps` updates from `delta`, every iterate scored into `best`."""
+        sign = -1.0 if self.targeted else 1.0
+        optimizer = torch.optim.Adamax([delta], lr=self.step_size) if self.update == "adamax" else None
+        for k in range(self.steps + 1):
+            last = k == self.steps
+            if last:
+                with torch.no_grad():
+                    loss = self._loss(x, delta, targets)
+            else:
+                delta.requires_grad_(True)
+                loss = self._loss(x, delta, targets)
+                (grad,) = torch.autograd.grad(loss.sum() * sign, delta)
+                delta.requires_grad_(False)
+            if self.keep_best or last:
+                best.update(loss, delta, rows)
+            if last:
+                break
+            with torch.no_grad():
+                direction = ascent_direction(grad, self.norm)
+                if optimizer is None:
+                    delta.add_(direction, alpha=self.step_size)
+                else:
+                    delta.grad = direction.neg_()  # Adamax minimises
+                    optimizer.step()
+                    delta.grad = None
+                project_(delta, x, self.eps, self.norm, self.clip)
+            bar.update(1)
 
 
 def _targets_on(targets: Mapping[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -111,6 +111,9 @@ class MahalanobisDetector:
     .npz. Attributes after fitting: mean (D,), precision (D, D), shrinkage, num_samples.
     """
 
+    # OODAttack(detector=...) reads this: the score recomputes its features and reads no network output
+    heads: tuple[str, ...] = ()
+
     def __init__(self, model: nn.Module, stages: Sequence[int] = (-1,)):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -26,7 +26,7 @@ class PruneCheckpoints:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine | None = None) -> list[str]:
-        from diskrobust.bundle_support import list_checkpoints
+        from diskrobust.checkpoints import list_checkpoints
 
         removed = []
         for _, path in list_checkpoints(self.ckpt_dir, self.prefix)[self.keep:]:

@@ -187,3 +187,27 @@ class DiskShapeNet(nn.Module):
                 y = up(y, skip)
             out["seg"] = self.seg_out(y)
         return out
+
+    # Output names forward_heads accepts, in the order forward computes them.
+    HEADS = ("pred", "seg")
+
+    def forward_heads(self, x: torch.Tensor, heads=HEADS) -> dict[str, torch.Tensor]:
+        """Only the outputs named in `heads` ("pred", "seg"): the U-Net decoder runs only for "seg".
+
+        The attacks use it for points-only objectives, where the decoder is most of the FLOPs. The
+        requested outputs are bit-identical to `forward`'s (the same operations in the same order);
+        a head this network does not have is absent, as in `forward`.
+        """
+        unknown = [h for h in heads if h not in self.HEADS]
+        if unknown:
+            raise ValueError(f"forward_heads: unknown heads {unknown}, expected a subset of {list(self.HEADS)}")
+        if "seg" in heads and self.has_seg_head:
+            return {k: v for k, v in self.forward(x).items() if k in heads}
+        self._check_input(x)
+        features = self.stem(x)
+        for stage in self.encoder:
+            features = stage(features)
+        out: dict[str, torch.Tensor] = {}
+        if "pred" in heads and self.has_point_head:
+            out["pred"] = self.point_head(features).view(-1, self.num_points, 2) + self.mean_shape
+        return out

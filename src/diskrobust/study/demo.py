@@ -23,4 +23,5 @@ def run(args: argparse.Namespace) -> int:
     from diskrobust.study.cli import run as run_study_cli
 
     return run_study_cli(argparse.Namespace(config=args.config, out=args.out, no_resume=args.no_resume,
-                                            no_progress=False, jobs=None))
+                                            no_progress=False, jobs=None, engine="local",
+                                            address=None, retries=None))

@@ -1,15 +1,18 @@
 """Study grids: which arms to train and how to evaluate them, read from a JSON profile.
 
 A profile (configs/study/*.json) names the shape-variation levels (PCA modes), the training
-methods, and the overrides passed to the two bundles. Validation happens here, before any work.
+methods, and the overrides passed to the two bundles. Validation happens here, before any work:
+an unknown key is refused naming the closest valid ones, every value is type-checked, and a grid
+that names an arm twice is refused (two trainings would write one arm folder at once).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from diskrobust.data.errors import DataError
 
@@ -47,6 +50,8 @@ class StudyConfig:
     evaluation: dict[str, Any] = field(default_factory=dict)
     reduced: list[str] = field(default_factory=list)
     description: str = ""
+    retries: int = 0
+    resources: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
 
     @property
@@ -65,12 +70,68 @@ class StudyConfig:
             "name": self.name, "description": self.description, "output_dir": str(self.output_dir),
             "seed": self.seed, "jobs": self.jobs, "shape_modes": self.shape_modes, "methods": self.methods,
             "dataset": self.dataset, "train": self.train, "adversarial": self.adversarial,
-            "evaluation": self.evaluation, "reduced": self.reduced,
+            "evaluation": self.evaluation, "reduced": self.reduced, "retries": self.retries,
+            "resources": self.resources,
         }
 
 
-_KNOWN = {"name", "description", "output_dir", "seed", "jobs", "shape_modes", "methods", "dataset", "train",
-          "adversarial", "evaluation", "reduced"}
+# key -> (expected type(s), what the value is) ; the single source of the study schema
+_SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": ((str,), "a name"),
+    "description": ((str,), "a text"),
+    "output_dir": ((str,), "a folder path"),
+    "seed": ((int,), "an integer"),
+    "jobs": ((int,), "an integer >= 1 (arms run at once by the local engine)"),
+    "shape_modes": ((list,), "a list of PCA mode counts, e.g. [3, 5, 10]"),
+    "methods": ((list,), f"a list of training methods from {list(METHODS)}"),
+    "dataset": ((dict,), "an object with dataset_dir, phantom_subjects, seed"),
+    "train": ((dict,), "an object of lumbar_disk_shape overrides"),
+    "adversarial": ((dict,), "an object of train_adversarial overrides"),
+    "evaluation": ((dict,), "an object of lumbar_disk_attack overrides"),
+    "reduced": ((list,), "a list of texts (what the profile cuts from the paper)"),
+    "retries": ((int,), "an integer >= 0 (times a failed stage is tried again)"),
+    "resources": ((dict,), "an object with cpus_per_arm, gpus_per_arm, split_evaluation (Ray engine)"),
+}
+_KNOWN = set(_SCHEMA)
+_DATASET = {"dataset_dir": ((str,), "a dataset folder"), "phantom_subjects": ((int,), "an integer >= 1"),
+            "seed": ((int,), "an integer")}
+_RESOURCES = {"cpus_per_arm": ((int, float), "a number > 0"), "gpus_per_arm": ((int, float), "a number >= 0"),
+              "split_evaluation": ((bool,), "true or false (Ray: one task per IND head and OOD start)")}
+
+
+def closest(word: str, choices: Iterable[str]) -> list[str]:
+    """The valid names closest to a misspelt one (best first; may be empty)."""
+    return difflib.get_close_matches(word, sorted(choices), n=3, cutoff=0.5)
+
+
+def _unknown_message(unknown: Iterable[str], known: Iterable[str], where: str) -> str:
+    parts = []
+    for key in sorted(unknown):
+        near = closest(key, known)
+        parts.append(f"{key!r}" + (f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""))
+    return f"unknown {where} {', '.join(parts)}; valid: {sorted(known)}"
+
+
+def _check_types(raw: dict, schema: dict, path: Path, where: str = "") -> None:
+    unknown = set(raw) - set(schema)
+    if unknown:
+        raise DataError(path, _unknown_message(unknown, schema, f"keys{' in ' + where if where else ''}"))
+    for key, value in raw.items():
+        types, what = schema[key]
+        # bool is an int in Python: `"seed": true` is a slip, not seed 1
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise DataError(path, f"{where + '.' if where else ''}{key} must be {what}, got {value!r}")
+
+
+def _unique(values: list, path: Path, key: str) -> None:
+    seen, dup = set(), []
+    for v in values:
+        if v in seen and v not in dup:
+            dup.append(v)
+        seen.add(v)
+    if dup:
+        raise DataError(path, f"{key} lists {dup} more than once: each arm must appear once "
+                              f"(two runs would write one arm folder at once); remove the duplicates")
 
 
 def load_study_config(path: str | Path, output_dir: str | Path | None = None) -> StudyConfig:
@@ -84,30 +145,45 @@ def load_study_config(path: str | Path, output_dir: str | Path | None = None) ->
         raise DataError(path, f"not valid JSON: {err}") from err
     if not isinstance(raw, dict):
         raise DataError(path, "a study config must be a JSON object")
-    unknown = set(raw) - _KNOWN
-    if unknown:
-        raise DataError(path, f"unknown keys {sorted(unknown)}; known: {sorted(_KNOWN)}")
+    _check_types(raw, _SCHEMA, path)
+    _check_types(raw.get("dataset", {}), _DATASET, path, "dataset")
+    _check_types(raw.get("resources", {}), _RESOURCES, path, "resources")
+    modes = raw.get("shape_modes", [3, 5, 10])
+    if not modes or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in modes):
+        raise DataError(path, f"shape_modes must be a non-empty list of positive integers (PCA modes), got {modes}")
+    methods = raw.get("methods", list(METHODS))
+    if not methods:
+        raise DataError(path, "the grid is empty: methods must name at least one training method")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise DataError(path, _unknown_message([str(m) for m in bad], METHODS, "training methods"))
+    _unique(modes, path, "shape_modes")
+    _unique(methods, path, "methods")
+    for key, minimum in (("jobs", 1), ("retries", 0)):
+        if key in raw and raw[key] < minimum:
+            raise DataError(path, f"{key} must be >= {minimum}, got {raw[key]}")
+    if raw.get("dataset", {}).get("phantom_subjects", 1) < 1:
+        raise DataError(path, "dataset.phantom_subjects must be >= 1")
+    res = raw.get("resources", {})
+    if res.get("cpus_per_arm", 1) <= 0 or res.get("gpus_per_arm", 0) < 0:
+        raise DataError(path, f"resources: cpus_per_arm must be > 0 and gpus_per_arm >= 0, got {res}")
+    if not all(isinstance(r, str) for r in raw.get("reduced", [])):
+        raise DataError(path, "reduced must be a list of texts")
     out = output_dir or raw.get("output_dir") or f"runs/study_{raw.get('name', path.stem)}"
-    cfg = StudyConfig(
-        name=str(raw.get("name", path.stem)),
+    return StudyConfig(
+        name=raw.get("name", path.stem),
         output_dir=Path(out),
-        seed=int(raw.get("seed", 0)),
-        jobs=int(raw.get("jobs", 1)),
-        shape_modes=[int(k) for k in raw.get("shape_modes", [3, 5, 10])],
-        methods=list(raw.get("methods", list(METHODS))),
+        seed=raw.get("seed", 0),
+        jobs=raw.get("jobs", 1),
+        shape_modes=list(modes),
+        methods=list(methods),
         dataset=dict(raw.get("dataset", {})),
         train=dict(raw.get("train", {})),
         adversarial=dict(raw.get("adversarial", {})),
         evaluation=dict(raw.get("evaluation", {})),
         reduced=list(raw.get("reduced", [])),
-        description=str(raw.get("description", "")),
+        description=raw.get("description", ""),
+        retries=raw.get("retries", 0),
+        resources=dict(res),
         source=path,
     )
-    bad = [m for m in cfg.methods if m not in METHODS]
-    if bad:
-        raise DataError(path, f"unknown training methods {bad}; choose from {list(METHODS)}")
-    if not cfg.methods or not cfg.shape_modes:
-        raise DataError(path, "the grid is empty: give at least one of shape_modes and methods")
-    if any(k < 1 for k in cfg.shape_modes):
-        raise DataError(path, f"shape_modes must be positive PCA mode counts, got {cfg.shape_modes}")
-    return cfg

@@ -9,15 +9,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from diskrobust.study.grid import Arm, StudyConfig
+from diskrobust.study.outcomes import ArmOutcome
 from diskrobust.data.dataset_io import atomic_write_json, atomic_write_text
-
-if TYPE_CHECKING:
-    from diskrobust.study.runner import ArmOutcome
 
 # metric -> (title, the attacked head whose curve the table shows, digits, lower is better)
 STUDY_METRICS: dict[str, tuple[str, str, int, bool]] = {
@@ -140,7 +138,7 @@ def plot_shape_variation(results: dict[Arm, dict], out: Path, eps: float = 0.07)
     return out
 
 
-def write_study_report(cfg: StudyConfig, outcomes: list["ArmOutcome"]) -> Path:
+def write_study_report(cfg: StudyConfig, outcomes: list[ArmOutcome]) -> Path:
     """Write tables (Markdown + JSON), figures and report.md under cfg.output_dir; return report.md."""
     out = cfg.output_dir
     results = {o.arm: agg for o in outcomes
@@ -151,10 +149,11 @@ def write_study_report(cfg: StudyConfig, outcomes: list["ArmOutcome"]) -> Path:
         lines += [cfg.description, ""]
     if cfg.reduced:
         lines += ["**Reduced from the paper's protocol in this profile:**", ""] + [f"- {r}" for r in cfg.reduced] + [""]
-    lines += ["## Arms", "", "| arm | status | train + evaluate (s) |", "|---|---|---|"]
+    lines += ["## Arms", "", "| arm | status | train + evaluate (s) | tries (train, evaluate) |", "|---|---|---|---|"]
     for o in outcomes:
         status = o.status if o.status != "failed" else "FAILED: " + (o.error.splitlines() or [""])[0]
-        lines.append(f"| {o.arm.name} | {status} | {_fmt(sum(o.stages.values()), 0) if o.stages else ''} |")
+        tries = ", ".join(str(o.attempts.get(s, "-")) for s in ("train", "evaluate")) if o.attempts else ""
+        lines.append(f"| {o.arm.name} | {status} | {_fmt(sum(o.stages.values()), 0) if o.stages else ''} | {tries} |")
     lines += ["", f"Each arm's logs, checkpoints and TensorBoard events lie under `{out / 'arms'}`; "
               f"compare them with `tensorboard --logdir {out / 'arms'}`.", ""]
     tables: dict[str, Any] = {}
@@ -172,7 +171,27 @@ def write_study_report(cfg: StudyConfig, outcomes: list["ArmOutcome"]) -> Path:
     else:
         lines += ["No arm finished its evaluation: no tables."]
     atomic_write_json(out / "study_tables.json", {"config": cfg.to_dict(), "tables": tables,
-                                                  "arms": {o.arm.name: o.status for o in outcomes}})
+                                                  "arms": {o.arm.name: o.status for o in outcomes},
+                                                  "attempts": {o.arm.name: o.attempts for o in outcomes}})
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report
+
+
+def summary_lines(cfg: StudyConfig, outcomes: list[ArmOutcome]) -> list[str]:
+    """What the console shows at the end: one row per arm, the path of every report, TensorBoard."""
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    width = max(len(o.arm.name) for o in outcomes)
+    lines = [f"study {cfg.name}: {counts['done']} done, {counts['skipped']} finished earlier, {counts['failed']} failed",
+             f"  {'arm':<{width}}  {'status':<8} {'train s':>8} {'eval s':>8}  tries"]
+    for o in outcomes:
+        tries = "/".join(str(o.attempts.get(s, "-")) for s in ("train", "evaluate")) if o.attempts else "-"
+        secs = [f"{o.stages[s]:8.0f}" if s in o.stages else f"{'-':>8}" for s in ("train", "evaluate")]
+        lines.append(f"  {o.arm.name:<{width}}  {o.status:<8} {secs[0]} {secs[1]}  {tries}")
+        if o.status == "failed":
+            lines.append(f"  {'':<{width}}  {(o.error.splitlines() or [''])[0]}")
+    lines.append("reports:")
+    lines.append(f"  {cfg.output_dir / 'report.md'}")
+    lines += [f"  {p}" for o in outcomes if (p := cfg.arm_dir(o.arm) / "eval" / "report.md").is_file()]
+    lines.append(f"TensorBoard: tensorboard --logdir {cfg.output_dir / 'arms'}")
+    return lines

@@ -9,7 +9,7 @@ report.json / report.md.
 from diskrobust.data.convert.common import ConvertOptions, SeriesTask, convert_series
 from diskrobust.data.convert.generic import build_label_map, find_generic_series
 from diskrobust.data.convert.geometry import find_sagittal_axes, read_volume
-from diskrobust.data.convert.levels import disk_level, level_to_disk_label
+from diskrobust.data.levels import disk_level, level_to_disk_label
 from diskrobust.data.convert.mrspineseg import MRSPINESEG_LABEL_MAP, find_mrspineseg_series
 from diskrobust.data.convert.pipeline import convert_dataset, split_patients
 from diskrobust.data.convert.spider import SPIDER_LABEL_MAP, find_spider_series

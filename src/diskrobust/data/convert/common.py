@@ -18,7 +18,7 @@ from skimage.measure import label as _connected_components
 
 from diskrobust.data.contours import contour_to_mask, dice, mask_to_contour
 from diskrobust.data.convert.geometry import SagittalSlice, Volume, cut_sagittal, find_sagittal_axes, read_volume
-from diskrobust.data.convert.levels import SPIDER_CANAL, SPIDER_DISKS, disk_level, level_height
+from diskrobust.data.levels import SPIDER_CANAL, SPIDER_DISKS, disk_level, level_height
 from diskrobust.data.errors import DataError
 
 __all__ = [

@@ -28,7 +28,7 @@ import numpy as np
 from diskrobust.data.contours import contour_to_mask
 from diskrobust.data.convert.common import SeriesTask, check_orientation
 from diskrobust.data.convert.geometry import SagittalSlice, Volume, cut_sagittal, find_sagittal_axes
-from diskrobust.data.convert.levels import SPIDER_CANAL, SPIDER_DISKS, disk_level, level_to_disk_label, vertebra_name
+from diskrobust.data.levels import SPIDER_CANAL, SPIDER_DISKS, disk_level, level_to_disk_label, vertebra_name
 from diskrobust.data.convert.spider import subject_name
 from diskrobust.data.errors import DataError
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from diskrobust.data.convert.common import SeriesTask
-from diskrobust.data.convert.levels import SPIDER_CANAL, SPIDER_DISKS, SPIDER_PARTIAL_VERTEBRAE, SPIDER_VERTEBRAE
+from diskrobust.data.levels import SPIDER_CANAL, SPIDER_DISKS, SPIDER_PARTIAL_VERTEBRAE, SPIDER_VERTEBRAE
 from diskrobust.data.errors import DataError
 
 __all__ = ["SPIDER_LABEL_MAP", "find_spider_series", "subject_name"]

@@ -1,0 +1,267 @@
+"""OOD robustness as a budget: the smallest L2 perturbation with which the OOD attack makes an
+unrelated start image (noise, a photograph) produce a target disk shape.
+
+A fixed large budget says little (an L2 of 40 on 64 x 64 patches is an RMS of 0.63 per pixel: the
+"attacked" image is noise); the budget the attack needs says a lot. Per target, a bisection over the
+budget finds where `diskrobust.attacks.OODAttack` starts to succeed, i.e. brings the network's
+output within a stated tolerance of the target (`Tolerance`: mean point distance <= 1 px and, where
+the network has a segmentation head and the target a mask, seg Dice >= 0.8).
+
+Budgets are per pixel: an RMS r means an absolute L2 radius of r * sqrt(H * W) on H x W patches
+(`rms_to_l2`), so a budget means the same perturbation strength at every patch size; the paper's
+"L2 40 at 128 x 128" is `l2_to_rms(40, (128, 128))` = 0.3125. Rows report both.
+
+The bisection assumes success is monotone in the budget (a larger ball holds the smaller one's
+solution; the optimiser usually finds it). Per target it checks the start image itself (budget 0:
+already within tolerance?), then the largest budget `rms_max` (not reached: the needed budget is
+reported as infinite, censored at rms_max), then halves [lo, hi] `iterations` times: the needed
+budget lies in (rms_lo, rms_needed], a bracket of width rms_max / 2**iterations. Run it once from
+the unperturbed start (`random_start=False`: the attack's first iterate is the start image) and
+once with the attack's random start inside the ball, and compare.
+
+Rows (`BUDGET_COLUMNS`), one per target: the needed budget, whether it was reached, the
+start-image distance (the output on the unperturbed start vs the target, which says how far the
+network's answer on a non-spine image already is from a real disk's), and the output's distance
+and Dice at the needed budget. `success_curve` turns them into the fraction of targets reached
+at each budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from diskrobust import metrics
+
+__all__ = ["Tolerance", "BUDGET_COLUMNS", "rms_to_l2", "l2_to_rms", "measure", "minimal_ood_budget",
+           "success_curve", "budget_summary", "budget_markdown", "finding_rows"]
+
+BUDGET_COLUMNS = (
+    "sample_id", "start", "random_start", "reached", "rms_needed", "rms_lo", "l2_needed", "rms_max", "l2_max",
+    "iterations", "steps", "start_point_distance_px", "start_seg_dice", "point_distance_px", "seg_dice",
+    "delta_l2", "delta_rms",
+)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """When the output counts as the target: mean point distance <= max_point_distance_px and, when
+    both the network's seg head and a target mask exist, seg Dice >= min_seg_dice (None: not checked)."""
+
+    max_point_distance_px: float | None = 1.0
+    min_seg_dice: float | None = 0.8
+
+    def __post_init__(self):
+        if self.max_point_distance_px is None and self.min_seg_dice is None:
+            raise ValueError("the tolerance needs a point distance, a seg Dice or both")
+        if self.max_point_distance_px is not None and not self.max_point_distance_px >= 0:
+            raise ValueError(f"max_point_distance_px must be >= 0, got {self.max_point_distance_px}")
+        if self.min_seg_dice is not None and not 0 <= self.min_seg_dice <= 1:
+            raise ValueError(f"min_seg_dice must lie in [0, 1], got {self.min_seg_dice}")
+
+    def text(self) -> str:
+        parts = []
+        if self.max_point_distance_px is not None:
+            parts.append(f"mean point distance <= {self.max_point_distance_px:g} px")
+        if self.min_seg_dice is not None:
+            parts.append(f"seg Dice >= {self.min_seg_dice:g}")
+        return " and ".join(parts)
+
+
+def _pixels(shape: Sequence[int]) -> int:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"give the image shape as (H, W) or (C, H, W), got {shape}")
+    return int(np.prod(shape))
+
+
+def rms_to_l2(rms: float, shape: Sequence[int]) -> float:
+    """Absolute L2 radius of a per-pixel RMS budget on images of `shape` ((H, W) or (C, H, W)): rms * sqrt(pixels)."""
+    if not (math.isfinite(rms) and rms >= 0):
+        raise ValueError(f"an RMS budget must be a finite number >= 0, got {rms}")
+    return float(rms * math.sqrt(_pixels(shape)))
+
+
+def l2_to_rms(l2: float, shape: Sequence[int]) -> float:
+    """Per-pixel RMS of an absolute L2 radius on images of `shape`: l2 / sqrt(pixels)."""
+    if not (math.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"an L2 budget must be a finite number >= 0, got {l2}")
+    return float(l2 / math.sqrt(_pixels(shape)))
+
+
+@torch.no_grad()
+def measure(model: nn.Module, images: torch.Tensor, targets: Mapping[str, torch.Tensor],
+            tolerance: Tolerance) -> dict[str, np.ndarray]:
+    """The network's output on `images` vs `targets`: point distance (px), seg Dice, and success (B,).
+
+    Criteria whose output or target is missing are skipped; if none applies, ValueError.
+    """
+    out = model(images)
+    b = images.shape[0]
+    dist = np.full(b, np.nan)
+    dice = np.full(b, np.nan)
+    ok = np.ones(b, dtype=bool)
+    used = False
+    if "pred" in out and "points" in targets:
+        dist = metrics.mean_point_distance(out["pred"], targets["points"].to(out["pred"])).cpu().numpy().astype(float)
+        if tolerance.max_point_distance_px is not None:
+            ok &= dist <= tolerance.max_point_distance_px
+            used = True
+    if "seg" in out and "mask" in targets:
+        dice = metrics.seg_dice(out["seg"], targets["mask"].to(out["seg"])).cpu().numpy().astype(float)
+        if tolerance.min_seg_dice is not None:
+            ok &= dice >= tolerance.min_seg_dice
+            used = True
+    if not used:
+        raise ValueError(f"tolerance ({tolerance.text()}) applies to none of the network outputs {sorted(out)} "
+                         f"with targets {sorted(targets)}")
+    return {"point_distance_px": dist, "seg_dice": dice, "success": ok}
+
+
+def _seed(seed: int, sample: int, step: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(sample), int(step)]).generate_state(1, dtype=np.uint32)[0] >> 1)
+
+
+def minimal_ood_budget(model: nn.Module, start_images: torch.Tensor, targets: Mapping[str, torch.Tensor],
+                       tolerance: Tolerance = Tolerance(), rms_max: float = 0.5, iterations: int = 7,
+                       steps: int = 200, lr: float = 0.01, optimizer: str = "adamax", random_start: bool = False,
+                       seed: int = 0, start: str = "", sample_ids: Sequence[int] | None = None,
+                       attack_targets: Sequence[str] | None = None) -> list[dict]:
+    """Per target, the smallest per-pixel RMS budget at which the OOD attack succeeds (module doc).
+
+    Args:
+        model: the network (eval mode during the search; its mode is restored).
+        start_images: (B, 1, H, W) in [0, 1]; targets: {"points": (B, P, 2), "mask": (B, 1, H, W)} (either).
+        tolerance: when the output counts as the target.
+        rms_max: the largest budget tried (per-pixel RMS); iterations: bisection halvings.
+        steps, lr, optimizer: the OOD attack's settings at every budget.
+        random_start: the attack's random start in the ball (False: from the unperturbed start image).
+        seed: seeds each attack (per target and bisection step).
+        start: the start kind, recorded in the rows; sample_ids: recorded ids (default 0..B-1).
+        attack_targets: the target keys the attack optimises (default: all given).
+    Returns one row per target with the columns of `BUDGET_COLUMNS`.
+    """
+    from diskrobust.attacks import OODAttack
+
+    x_all = torch.as_tensor(start_images)
+    if x_all.ndim != 4:
+        raise ValueError(f"start_images must be (B, C, H, W), got {tuple(x_all.shape)}")
+    if not (math.isfinite(rms_max) and rms_max > 0):
+        raise ValueError(f"rms_max must be a finite number > 0, got {rms_max}")
+    if int(iterations) != iterations or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations}")
+    keys = list(targets) if attack_targets is None else list(attack_targets)
+    missing = [k for k in keys if k not in targets]
+    if missing:
+        raise ValueError(f"attack_targets {missing} are not among the targets {sorted(targets)}")
+    b = x_all.shape[0]
+    ids = list(range(b)) if sample_ids is None else [int(i) for i in sample_ids]
+    if len(ids) != b:
+        raise ValueError(f"{len(ids)} sample ids for {b} start images")
+    device = next(model.parameters()).device
+    shape = tuple(x_all.shape[1:])
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for i in range(b):
+            x = x_all[i:i + 1].to(device)
+            tgt = {k: torch.as_tensor(v[i:i + 1]).to(device) for k, v in targets.items()}
+            calls = 0
+
+            def attempt(rms: float):
+                nonlocal calls
+                calls += 1
+                attack = OODAttack(model, eps=rms_to_l2(rms, shape), steps=steps, lr=lr, optimizer=optimizer,
+                                   random_start=random_start, seed=_seed(seed, ids[i], calls), progress=False)
+                res = attack(x, {k: tgt[k] for k in keys})
+                return res.images, measure(model, res.images, tgt, tolerance)
+
+            m0 = measure(model, x, tgt, tolerance)
+            row = {"sample_id": ids[i], "start": start, "random_start": bool(random_start), "rms_max": float(rms_max),
+                   "l2_max": rms_to_l2(rms_max, shape), "iterations": int(iterations), "steps": int(steps),
+                   "start_point_distance_px": float(m0["point_distance_px"][0]),
+                   "start_seg_dice": float(m0["seg_dice"][0])}
+            if m0["success"][0]:
+                best, lo, hi, m_hi = x, 0.0, 0.0, m0
+            else:
+                adv, m_max = attempt(rms_max)
+                if not m_max["success"][0]:
+                    best, lo, hi, m_hi = adv, float(rms_max), math.inf, m_max
+                else:
+                    best, lo, hi, m_hi = adv, 0.0, float(rms_max), m_max
+                    for _ in range(int(iterations)):
+                        mid = 0.5 * (lo + hi)
+                        adv, m = attempt(mid)
+                        if m["success"][0]:
+                            best, hi, m_hi = adv, mid, m
+                        else:
+                            lo = mid
+            delta = (best - x).flatten(1).norm(dim=1).item()
+            row.update(reached=math.isfinite(hi), rms_needed=hi, rms_lo=lo,
+                       l2_needed=rms_to_l2(hi, shape) if math.isfinite(hi) else math.inf,
+                       point_distance_px=float(m_hi["point_distance_px"][0]), seg_dice=float(m_hi["seg_dice"][0]),
+                       delta_l2=float(delta), delta_rms=l2_to_rms(delta, shape))
+            rows.append({k: row[k] for k in BUDGET_COLUMNS})
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def success_curve(rows: Sequence[Mapping], budgets_rms: Sequence[float]) -> list[float]:
+    """Fraction of targets whose needed budget is <= each budget (a target never reached counts as failed)."""
+    if not rows:
+        raise ValueError("no budget rows")
+    needed = np.array([float(r["rms_needed"]) for r in rows])
+    return [float(np.mean(needed <= float(b))) for b in budgets_rms]
+
+
+def budget_summary(rows: Sequence[Mapping]) -> dict:
+    """Median and quartiles of the needed RMS (inf where not reached), fraction reached, start distance."""
+    if not rows:
+        raise ValueError("no budget rows")
+    needed = np.array([float(r["rms_needed"]) for r in rows])
+    start = np.array([float(r["start_point_distance_px"]) for r in rows])
+    q25, q50, q75 = np.quantile(needed, [0.25, 0.5, 0.75])  # inf sorts last: a median is finite iff > half reached
+    return {"n": len(rows), "reached": float(np.mean(np.isfinite(needed))), "rms_median": float(q50),
+            "rms_q25": float(q25), "rms_q75": float(q75), "rms_max": float(rows[0]["rms_max"]),
+            "start_point_distance_px_mean": float(np.nanmean(start)) if np.isfinite(start).any() else float("nan")}
+
+
+def budget_markdown(summaries: Mapping[str, Mapping], shape: Sequence[int], tolerance: Tolerance) -> list[str]:
+    """A table of `budget_summary` results keyed by a label (e.g. "P10-std / natural / no random start")."""
+    def fmt(v: float, d: int = 3) -> str:
+        return "not reached" if v == math.inf else ("n/a" if not math.isfinite(v) else f"{v:.{d}f}")
+
+    lines = [f"Needed OOD budget until the output is within tolerance ({tolerance.text()}) of the target; "
+             f"per-pixel RMS (absolute L2 on {' x '.join(str(s) for s in shape[-2:])} patches in brackets).", "",
+             "| setting | targets | reached | median RMS (L2) | quartiles RMS | start-image distance (px) |",
+             "|---|---|---|---|---|---|"]
+    for label, s in summaries.items():
+        med = s["rms_median"]
+        l2 = f" ({rms_to_l2(med, shape):.2f})" if math.isfinite(med) else ""
+        lines.append(f"| {label} | {s['n']} | {s['reached']:.0%} | {fmt(med)}{l2} | {fmt(s['rms_q25'])} - "
+                     f"{fmt(s['rms_q75'])} | {fmt(s['start_point_distance_px_mean'], 2)} |")
+    return lines
+
+
+def finding_rows(rows: Sequence[Mapping]) -> list[dict]:
+    """Budget rows as rows `diskrobust.study.statistics` selects from: sweep "ood_budget", attack = the
+    start kind, head "from_start" / "random_start", eps 0, metrics "rms_needed" and "reached".
+
+    A target not reached within rms_max is censored at rms_max (its true budget is larger): a mean
+    over such rows is a lower bound, and a difference between arms that both hit the cap shrinks
+    towards 0, so read "equivalent" verdicts together with the fraction reached.
+    """
+    out = []
+    for r in rows:
+        needed = float(r["rms_needed"])
+        out.append({"sample_id": int(r["sample_id"]), "sweep": "ood_budget", "attack": r["start"],
+                    "head": "random_start" if r["random_start"] else "from_start", "eps": 0.0,
+                    "rms_needed": min(needed, float(r["rms_max"])), "reached": float(math.isfinite(needed))})
+    return out

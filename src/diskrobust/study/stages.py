@@ -1,0 +1,282 @@
+"""The two stages of an arm, as both engines run them: train (lumbar_disk_shape) and evaluate
+(lumbar_disk_attack), each the bundle command a user would type.
+
+A stage leaves a marker when it finishes (`train_done.json`, `arm_done.json`) and is not run
+again while the marker is there; this file is the whole of the resume logic, so the local pool
+and the Ray engine resume alike. Everything a stage reads or writes lies in the arm's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from diskrobust.study.grid import Arm, StudyConfig
+from diskrobust.study.outcomes import ArmFailed, ArmOutcome
+from diskrobust.study.processes import run_bundle
+from diskrobust.study.results import atomic_write_json
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SHAPE_BUNDLE = REPO_ROOT / "bundles" / "lumbar_disk_shape"
+ATTACK_BUNDLE = REPO_ROOT / "bundles" / "lumbar_disk_attack"
+STAGES = ("train", "evaluate")
+
+
+def _override_args(overrides: dict[str, Any]) -> list[str]:
+    args: list[str] = []
+    for key, value in overrides.items():
+        if isinstance(value, bool):
+            text = "True" if value else "False"
+        elif isinstance(value, (dict, list, tuple)):
+            text = repr(value)  # fire (behind `monai.bundle run`) reads Python literals
+        else:
+            text = str(value)
+        args += [f"--{key}", text]
+    return args
+
+
+def bundle_command(run_id: str, config_files: list[Path], overrides: dict[str, Any]) -> list[str]:
+    files = [str(p) for p in config_files]
+    config_arg = files[0] if len(files) == 1 else json.dumps(files)
+    return [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_arg,
+            *_override_args(overrides)]
+
+
+def train_stage(cfg: StudyConfig, arm: Arm) -> tuple[list[str], Path]:
+    """The bundle command that trains `arm` and the model it writes."""
+    arm_dir = cfg.arm_dir(arm)
+    overrides: dict[str, Any] = {
+        "dataset_dir": cfg.dataset_dir,
+        "output_dir": arm_dir,
+        "shape_modes": arm.shape_modes,
+        "seed": cfg.seed,
+        "progress_bar": False,
+        **cfg.train,
+    }
+    files = [SHAPE_BUNDLE / "configs" / "train.json"]
+    if arm.method != "std":
+        files.append(SHAPE_BUNDLE / "configs" / "train_adversarial.json")
+        overrides.update(cfg.adversarial)
+        overrides["adv_mode"] = arm.method
+        overrides["ckpt"] = cfg.arm_dir(arm.base) / "models" / "model.pt"
+    return bundle_command("training", files, overrides), arm_dir / "models" / "model.pt"
+
+
+def evaluate_stage(cfg: StudyConfig, arm: Arm, sweep_overrides: dict[str, Any] | None = None,
+                   eval_dir: Path | None = None) -> tuple[list[str], Path]:
+    """The attack-bundle command that evaluates `arm` and its output folder (a part of the
+    evaluation: its `sweep_overrides` and folder)."""
+    from diskrobust.robustness.workflow import attack_bundle_args
+
+    arm_dir = cfg.arm_dir(arm)
+    eval_dir = eval_dir or arm_dir / "eval"
+    evaluation = dict(cfg.evaluation)
+    if sweep_overrides is not None:
+        evaluation["sweep_overrides"] = sweep_overrides
+    # {"profile", "sweep_overrides"} -> the profile's config file and `#` ids of the attack bundle
+    files, settings = attack_bundle_args(ATTACK_BUNDLE, evaluation)
+    overrides: dict[str, Any] = {
+        "ckpt_path": arm_dir / "models" / "model.pt",
+        "dataset_dir": cfg.dataset_dir,
+        "output_dir": eval_dir,
+        "progress": False,
+        **settings,
+    }
+    if "width" in cfg.train:
+        overrides.setdefault("network_def#width", cfg.train["width"])
+    for key in ("patch_size", "patch_spacing_mm"):  # the network must see patches as it was trained on them
+        if key in cfg.train:
+            overrides.setdefault(key, cfg.train[key])
+    return bundle_command("evaluating", files, overrides), eval_dir
+
+
+def evaluation_parts(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Sweep overrides that split one evaluation into independent parts: one per IND (attack, head)
+    and one per OOD (start, head), each with its whole epsilon grid.
+
+    A part is the attack bundle restricted to its units; a unit's result (and its fingerprint)
+    does not depend on which other units run with it (its seed derives from its own name), so the
+    parts' unit files are exactly the units of the whole evaluation, which then only reuses them.
+    """
+    from diskrobust.robustness.workflow import attack_bundle_args, load_sweep_config
+
+    files, settings = attack_bundle_args(ATTACK_BUNDLE, {"profile": cfg.evaluation.get("profile"),
+                                                         "sweep_overrides": cfg.evaluation.get("sweep_overrides", {})})
+    sweep = load_sweep_config(*files, overrides=settings)
+    parts = []
+    if sweep.ind.enabled:
+        parts += [{"ind#attacks": [a], "ind#heads": [h], "ood#enabled": False}
+                  for a in sweep.ind.attacks for h in sweep.ind.heads]
+    if sweep.ood.enabled:
+        parts += [{"ind#enabled": False, "ood#starts": [s], "ood#heads": [h]}
+                  for s in sweep.ood.starts for h in sweep.ood.heads]
+    return [{**settings, **part} for part in parts]  # `#` ids: a part overrides only its own ids
+
+
+def part_dir(cfg: StudyConfig, arm: Arm, part: int) -> Path:
+    return cfg.arm_dir(arm) / "eval_parts" / f"part{part}"
+
+
+def marker(cfg: StudyConfig, arm: Arm, stage: str) -> Path:
+    if stage.startswith("evaluate:"):
+        return part_dir(cfg, arm, int(stage.split(":")[1])) / "part_done.json"
+    return cfg.arm_dir(arm) / ("train_done.json" if stage == "train" else "arm_done.json")
+
+
+def running_file(cfg: StudyConfig, arm: Arm, stage: str) -> Path:
+    return cfg.arm_dir(arm) / f"{stage.replace(':', '-part')}.running.json"
+
+
+def progress_log(cfg: StudyConfig, arm: Arm, stage: str) -> Path:
+    """The file a stage's progress is read from: the training log, or the sweep's event log."""
+    if stage == "train":
+        return cfg.arm_dir(arm) / "train.log"
+    if stage == "evaluate":
+        return cfg.arm_dir(arm) / "eval" / "sweep.log"
+    return part_dir(cfg, arm, int(stage.split(":")[1])) / "eval" / "sweep.log"
+
+
+def _gather_parts(cfg: StudyConfig, arm: Arm, eval_dir: Path) -> int:
+    """Copy the finished parts' unit files into the evaluation's units/ (they are this model's:
+    a new training sets the old parts aside)."""
+    copied = 0
+    for done in sorted((cfg.arm_dir(arm) / "eval_parts").glob("part*/part_done.json")):
+        for unit in (done.parent / "eval" / "units").rglob("*.json"):
+            dest = eval_dir / "units" / unit.relative_to(done.parent / "eval" / "units")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(unit, dest)
+            copied += 1
+    return copied
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def attempts(cfg: StudyConfig, arm: Arm) -> dict[str, int]:
+    """How many times each stage of `arm` was started in this study run."""
+    return {k: int(v) for k, v in _read_json(cfg.arm_dir(arm) / "attempts.json").items()}
+
+
+def reset_attempts(cfg: StudyConfig, arm: Arm) -> None:
+    (cfg.arm_dir(arm) / "attempts.json").unlink(missing_ok=True)
+
+
+def _count_attempt(cfg: StudyConfig, arm: Arm, stage: str) -> int:
+    counts = attempts(cfg, arm)
+    counts[stage] = counts.get(stage, 0) + 1
+    atomic_write_json(cfg.arm_dir(arm) / "attempts.json", counts)
+    return counts[stage]
+
+
+def _set_aside(arm_dir: Path, attempt: int) -> None:
+    """Move what an unfinished (or discarded) training left in the arm folder into `previous/`:
+    a fresh training must not start in a folder holding another run's checkpoints, and nothing is
+    deleted silently."""
+    leftovers = [arm_dir / n for n in ("models", "logs", "train.log", "train_done.json", "arm_done.json", "eval_parts")
+                 if (arm_dir / n).exists()]
+    if not leftovers:
+        return
+    dest = arm_dir / "previous" / f"{time.strftime('%Y%m%d-%H%M%S')}-attempt{attempt}-pid{os.getpid()}"
+    dest.mkdir(parents=True)
+    for p in leftovers:
+        shutil.move(str(p), dest / p.name)
+
+
+def bundle_env() -> dict[str, str]:
+    # One intra-op thread per bundle run unless told otherwise (Ray sets OMP_NUM_THREADS to a
+    # task's CPUs): on 2 CPU cores, two single-threaded arms side by side beat one two-threaded
+    # arm many times over (docs/performance.md). CUDA_VISIBLE_DEVICES passes through unchanged.
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_stage(cfg: StudyConfig, arm: Arm, stage: str, resume: bool = True) -> dict[str, Any]:
+    """Run one stage of `arm` unless its marker says it finished; return {stage, status, seconds, attempt}.
+
+    Raises ArmFailed (the bundle exited non-zero, or its input is missing) naming the log.
+    """
+    arm_dir = cfg.arm_dir(arm)
+    done = marker(cfg, arm, stage)
+    if resume and done.is_file():
+        return {"stage": stage, "status": "skipped", "seconds": float(_read_json(done).get("seconds", 0.0)),
+                "attempt": 0}
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    attempt = _count_attempt(cfg, arm, stage)
+    running = running_file(cfg, arm, stage)  # who runs it: the progress view and the tests read it
+    atomic_write_json(running, {"stage": stage, "attempt": attempt, "pid": os.getpid(),
+                                "host": socket.gethostname(), "started": time.time()})
+    try:
+        if stage == "train":
+            if arm.method != "std" and not (cfg.arm_dir(arm.base) / "models" / "model.pt").is_file():
+                raise ArmFailed(f"{arm.name}: its standard model {arm.base.name} is missing (did it fail?)")
+            _set_aside(arm_dir, attempt)
+            cmd, model = train_stage(cfg, arm)
+            seconds = run_bundle(cmd, arm_dir / "train.log", f"{arm.name} training", REPO_ROOT, bundle_env())
+            if not model.is_file():
+                raise ArmFailed(f"{arm.name}: training finished but wrote no {model}")
+        else:
+            if not (arm_dir / "train_done.json").is_file():
+                raise ArmFailed(f"{arm.name}: cannot evaluate, its training did not finish")
+            if stage == "evaluate":
+                cmd, eval_dir = evaluate_stage(cfg, arm)
+                _gather_parts(cfg, arm, eval_dir)  # split evaluation (Ray): the whole only reuses the parts
+                log = arm_dir / "evaluate.log"
+            else:
+                k = int(stage.split(":")[1])
+                cmd, _ = evaluate_stage(cfg, arm, evaluation_parts(cfg)[k], part_dir(cfg, arm, k) / "eval")
+                log = part_dir(cfg, arm, k) / "evaluate.log"
+            seconds = run_bundle(cmd, log, f"{arm.name} {stage.replace('evaluate:', 'evaluation part ')}",
+                                 REPO_ROOT, bundle_env())
+    finally:
+        running.unlink(missing_ok=True)
+    stages = {}
+    if stage.startswith("evaluate:"):
+        atomic_write_json(done, {"arm": arm.name, "seconds": seconds, "command": cmd, "attempt": attempt})
+        return {"stage": stage, "status": "done", "seconds": seconds, "attempt": attempt}
+    if stage == "evaluate":
+        stages = {"train": float(_read_json(arm_dir / "train_done.json").get("seconds", 0.0))}
+        (arm_dir / "arm_failed.json").unlink(missing_ok=True)
+    atomic_write_json(done, {"arm": arm.name, "seconds": seconds, "command": cmd, "attempt": attempt,
+                             "stages": {**stages, stage: seconds}})
+    return {"stage": stage, "status": "done", "seconds": seconds, "attempt": attempt}
+
+
+def skipped_outcome(cfg: StudyConfig, arm: Arm) -> ArmOutcome | None:
+    """The outcome of an arm that finished in an earlier run, or None when it has work left."""
+    done = marker(cfg, arm, "evaluate")
+    if not done.is_file():
+        return None
+    return ArmOutcome(arm, "skipped", stages=_read_json(done).get("stages", {}))
+
+
+def finished_outcome(cfg: StudyConfig, arm: Arm, results: list[dict[str, Any]]) -> ArmOutcome:
+    stages = {r["stage"]: r["seconds"] for r in results if r["status"] == "done"}
+    return ArmOutcome(arm, "done", sum(stages.values()), stages=stages, attempts=attempts(cfg, arm))
+
+
+def failed_outcome(cfg: StudyConfig, arm: Arm, message: str) -> ArmOutcome:
+    """Record the failure in the arm folder (arm_failed.json) and return its outcome."""
+    tries = attempts(cfg, arm)
+    cfg.arm_dir(arm).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cfg.arm_dir(arm) / "arm_failed.json", {"arm": arm.name, "error": message, "attempts": tries})
+    return ArmOutcome(arm, "failed", error=message, attempts=tries)
+
+
+def ordered_arms(cfg: StudyConfig) -> list[Arm]:
+    """Every arm, each standard arm before the arms fine-tuned from it (std is trained even if not listed)."""
+    order: list[Arm] = []
+    for k in cfg.shape_modes:
+        order.append(Arm(k, "std"))
+        order += [Arm(k, m) for m in cfg.methods if m != "std"]
+    return order

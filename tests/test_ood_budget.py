@@ -1,0 +1,156 @@
+"""The OOD budget bisection on a linear toy network whose needed budget is known in closed form."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diskrobust.robustness.ood_budget import (BUDGET_COLUMNS, Tolerance, budget_markdown, budget_summary,
+                                              l2_to_rms, measure, minimal_ood_budget, rms_to_l2, success_curve)
+
+P = 64  # contour points (fewer than 176 so that 2P outputs fit in 16 x 16 pixels)
+
+
+class LinearShapeNet(nn.Module):
+    """pred = sigma * Q @ pool_f(x - 0.5) + c with orthonormal rows Q: (B, 1, S, S) -> {"pred": (B, P, 2)}.
+
+    `pool` averages f x f blocks first, so the net at size S*f sees the same image content as at S.
+    For a target t with residual r = t - pred(x), the L2 ball of radius b holds the least-squares step
+    that shrinks r to (1 - b sigma_eff / ||r||) r (sigma_eff = sigma / f: pooling f x f divides the
+    norm of a blockwise-constant delta by f), so the attack reaches mean point distance tau at
+    b* = ||r|| / sigma_eff * (1 - tau / mpd(r)).
+    """
+
+    def __init__(self, size=16, pool=1, sigma=8.0, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        n = (size // pool) ** 2
+        q, _ = torch.linalg.qr(torch.randn(n, 2 * P, generator=g, dtype=torch.float64))
+        self.register_buffer("q", q.T.float().contiguous())  # (2P, n) orthonormal rows
+        self.register_buffer("c", (16 + 2 * torch.randn(2 * P, generator=g)).float())
+        self.sigma, self.pool = sigma, pool
+        self.weight = nn.Parameter(torch.ones(()))  # a parameter, so the attack's freezing has something to guard
+
+    def forward(self, x):
+        z = x - 0.5
+        if self.pool > 1:
+            z = F.avg_pool2d(z, self.pool)
+        out = self.weight * self.sigma * z.flatten(1) @ self.q.T + self.c
+        return {"pred": out.view(-1, P, 2)}
+
+
+def _problem(net, size, shift=1.5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = 0.5 + 0.02 * (torch.rand(2, 1, size, size, generator=g) - 0.5)
+    with torch.no_grad():
+        pred = net(x)["pred"]
+    targets = pred + shift * torch.randn(pred.shape, generator=g)
+    return x, {"points": targets}
+
+
+def _analytic_rms(net, x, targets, tau, size):
+    with torch.no_grad():
+        r = (targets["points"] - net(x)["pred"]).flatten(1).double()
+    mpd = r.view(-1, P, 2).norm(dim=-1).mean(-1)
+    sigma_eff = net.sigma / net.pool
+    b = r.norm(dim=1) / sigma_eff * (1 - tau / mpd)
+    return (b / math.sqrt(size * size)).numpy()
+
+
+def _lr(net):
+    # plain gradient descent on the point MSE (1 / 2P sum e^2) converges fastest at lr = 1 / curvature
+    return 2 * P / 2 * (net.pool ** 2) / net.sigma ** 2
+
+
+@pytest.mark.parametrize("random_start", [False, True])
+def test_bisection_finds_the_least_squares_budget(random_start):
+    size, tau = 16, 1.0
+    net = LinearShapeNet(size)
+    x, targets = _problem(net, size)
+    truth = _analytic_rms(net, x, targets, tau, size)
+    rows = minimal_ood_budget(net, x, targets, Tolerance(tau, None), rms_max=0.5, iterations=9, steps=15,
+                              lr=_lr(net), optimizer="sgd", random_start=random_start, seed=0, start="toy")
+    assert [list(r) for r in rows] == [list(BUDGET_COLUMNS)] * 2
+    for r, b in zip(rows, truth):
+        assert r["reached"] and r["random_start"] is random_start
+        width = 0.5 / 2 ** 9
+        # the bracket (lo, needed] holds the closed-form budget (up to the optimiser's last bit)
+        assert r["rms_lo"] - 1e-3 <= b <= r["rms_needed"] + 1e-3
+        assert r["rms_needed"] - r["rms_lo"] <= width + 1e-12
+        assert r["point_distance_px"] <= tau
+        assert r["l2_needed"] == pytest.approx(r["rms_needed"] * size)
+        assert r["delta_l2"] <= r["l2_needed"] + 1e-4
+        assert r["start_point_distance_px"] > 1.5  # the start image is far from the target
+
+
+def test_a_budget_per_pixel_means_the_same_at_every_patch_size():
+    assert rms_to_l2(0.1, (64, 64)) == pytest.approx(6.4)
+    assert rms_to_l2(0.1, (1, 128, 128)) == pytest.approx(12.8)
+    assert l2_to_rms(40.0, (128, 128)) == pytest.approx(0.3125)  # the paper's L2 40 at 128 x 128
+    # the same L2 of 40 on 64 x 64 patches is twice the per-pixel strength (the old demo's noise images)
+    assert l2_to_rms(40.0, (64, 64)) == pytest.approx(0.625)
+    # the same toy task at double resolution (each pixel split into 2 x 2) needs the same RMS but twice the L2
+    small = LinearShapeNet(16)
+    big = LinearShapeNet(32, pool=2)
+    x16, targets = _problem(small, 16)
+    x32 = x16.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    tol = Tolerance(1.0, None)
+    kw = dict(rms_max=0.5, iterations=8, steps=15, optimizer="sgd", random_start=False, seed=0)
+    r16 = minimal_ood_budget(small, x16, targets, tol, lr=_lr(small), **kw)
+    r32 = minimal_ood_budget(big, x32, targets, tol, lr=_lr(big), **kw)
+    for a, b in zip(r16, r32):
+        assert b["rms_needed"] == pytest.approx(a["rms_needed"], abs=0.5 / 2 ** 8 + 1e-3)
+        assert b["l2_needed"] == pytest.approx(2 * a["l2_needed"], rel=0.05)
+
+
+def test_start_already_within_tolerance_and_unreachable_targets():
+    size = 16
+    net = LinearShapeNet(size)
+    x, _ = _problem(net, size)
+    with torch.no_grad():
+        on_target = {"points": net(x)["pred"] + 0.1}
+    rows = minimal_ood_budget(net, x, on_target, Tolerance(1.0, None), rms_max=0.5, iterations=3, steps=5,
+                              lr=_lr(net), optimizer="sgd")
+    assert all(r["reached"] and r["rms_needed"] == 0.0 and r["delta_l2"] == 0.0 for r in rows)
+    _, far = _problem(net, size, shift=200.0)
+    rows = minimal_ood_budget(net, x, far, Tolerance(1.0, None), rms_max=0.05, iterations=3, steps=20,
+                              lr=_lr(net), optimizer="sgd")
+    assert all(not r["reached"] and r["rms_needed"] == math.inf and r["rms_lo"] == 0.05 for r in rows)
+    assert success_curve(rows, [0.05, 1.0]) == [0.0, 0.0]
+
+
+def test_success_curve_summary_and_table():
+    rows = [{"rms_needed": v, "rms_max": 0.5, "start_point_distance_px": 3.0} for v in (0.0, 0.1, 0.2, math.inf)]
+    assert success_curve(rows, [0.0, 0.1, 0.15, 0.5]) == [0.25, 0.5, 0.5, 0.75]
+    s = budget_summary(rows)
+    assert s["reached"] == 0.75 and s["n"] == 4 and s["start_point_distance_px_mean"] == 3.0
+    assert 0.1 <= s["rms_median"] <= 0.2
+    text = "\n".join(budget_markdown({"toy": s}, (64, 64), Tolerance()))
+    assert "mean point distance <= 1 px and seg Dice >= 0.8" in text and "| toy | 4 | 75% |" in text
+
+
+class _SegNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return {"pred": torch.zeros(x.shape[0], P, 2), "seg": self.w * (x - 0.5)}
+
+
+def test_measure_applies_the_criteria_the_network_and_targets_allow():
+    x = torch.full((2, 1, 8, 8), 0.5)
+    x[0, :, :4] = 1.0  # upper half positive
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, :4] = 1.0
+    m = measure(_SegNet(), x, {"points": torch.zeros(2, P, 2), "mask": mask}, Tolerance(1.0, 0.8))
+    assert m["success"].tolist() == [True, False]  # sample 1 predicts an empty mask
+    assert m["seg_dice"][0] == pytest.approx(1.0)
+    assert measure(_SegNet(), x, {"mask": mask}, Tolerance(None, 0.8))["success"].tolist() == [True, False]
+    with pytest.raises(ValueError, match="applies to none"):
+        measure(_SegNet(), x, {"mask": mask}, Tolerance(1.0, None))
+    with pytest.raises(ValueError, match="needs a point distance"):
+        Tolerance(None, None)
