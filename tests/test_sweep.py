@@ -24,7 +24,6 @@ from diskrobust.networks import DiskShapeNet
 from diskrobust.robustness import config as sweep_config
 from diskrobust.robustness import results
 from diskrobust.robustness.engine import run_robustness_sweep
-from diskrobust.robustness.network import load_network_checkpoint
 from diskrobust.robustness.workflow import load_sweep_config
 
 SIZE = 32
@@ -355,25 +354,6 @@ def test_interrupted_sweep_resumes_without_recomputing(tmp_path, data_and_model,
     other = tiny_net()
     res = run_robustness_sweep(other, items, cfg, out, progress=False)
     assert res["reused"] == []
-
-
-def test_checkpoint_mismatch_names_file_and_keys(tmp_path):
-    ckpt = tmp_path / "model.pt"
-    torch.save(tiny_net().state_dict(), ckpt)
-    loaded = load_network_checkpoint(tiny_net(), ckpt)
-    assert not loaded.training
-    wider = DiskShapeNet(spatial_size=SIZE, width=8, blocks=(1, 1), norm_groups=2)
-    with pytest.raises(DataError, match=r"model\.pt: does not match the network.*width=8.*shape mismatch.*"
-                                        r"checkpoint \(4, 1, 3, 3\) vs network \(8, 1, 3, 3\)"):
-        load_network_checkpoint(wider, ckpt)
-    no_seg = tiny_net(seg_head=False)
-    with pytest.raises(DataError, match=r"unexpected key.*decoder"):
-        load_network_checkpoint(no_seg, ckpt)
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match=r"junk\.pt: cannot be read"):
-        load_network_checkpoint(tiny_net(), tmp_path / "junk.pt")
-    with pytest.raises(DataError, match="not found"):
-        load_network_checkpoint(tiny_net(), tmp_path / "missing.pt")
 
 
 def test_heads_the_network_lacks_and_empty_data_are_refused(tmp_path, data_and_model):

@@ -25,7 +25,7 @@ from diskrobust.bundle_checks import as_bool, check_number, is_bundle_run, parse
 from diskrobust.data.errors import ConfigError, DataError
 from diskrobust.robustness.config import SWEEP_SETTINGS, SweepConfig
 from diskrobust.robustness.engine import run_robustness_sweep
-from diskrobust.robustness.network import check_heads, file_sha256, load_network_checkpoint, network_outputs
+from diskrobust.robustness.network import check_heads, file_sha256, network_outputs
 from diskrobust.robustness.tensorboard import AttackTensorBoardLogger
 
 __all__ = ["RobustnessEvaluation", "RETIRED_SETTINGS", "attack_bundle_args", "load_sweep_config", "network_params"]
@@ -40,6 +40,8 @@ RETIRED_SETTINGS = {
     "profiles_dir": _PROFILE_ADVICE,
     "sweep_overrides": "give each setting as an id of configs/evaluate.json, e.g. --ind#steps 5 --ood#enabled false "
                        "--num_samples 4",
+    "network_def": "the network is built from the model file's description; give --width, --patch_size, "
+                   "--patch_spacing_mm (or --network_args) only for a plain state_dict",
     "ood#eps": "the OOD budget is per pixel now: --ood#eps_rms \"[0.05]\" (absolute L2 = rms * sqrt(H * W))",
 }
 
@@ -121,8 +123,9 @@ class RobustnessEvaluation:
     """The attack bundle's workflow object: `initialize()` checks every input before any work; `run()` sweeps.
 
     Args:
-        network: the network instance from the bundle's `network_def` (weights are loaded here).
-        ckpt_path: a plain state_dict file (models/model.pt of lumbar_disk_shape).
+        ckpt_path: a model file of lumbar_disk_shape (models/model.pt): the network and the patch geometry
+            are built from its description (`diskrobust.checkpoints`); a plain state_dict needs `width`,
+            `patch_size` and `patch_spacing_mm` (and `network_args` for other constructor arguments).
         output_dir: result folder.
         sweep: the sweep settings (ids `profile`, `seed`, ..., `ind`, `ood`), see `SweepConfig`.
         dataset_dir: a dataset folder with datalist.json; if it does not exist or is empty, the phantom
@@ -130,16 +133,20 @@ class RobustnessEvaluation:
         datalist: a datalist file to use instead of `<dataset_dir>/datalist.json`.
         split: the datalist split to evaluate.
         device: torch device (default: CUDA if available).
-        patch_size, patch_spacing_mm: the patch geometry the network was trained with.
+        width, patch_size, patch_spacing_mm: None = the model file's; a value that disagrees with the
+            model's description is refused naming both.
+        network_args: further DiskShapeNet arguments for a plain state_dict (e.g. {"blocks": [2, 2, 2, 2]}).
         tensorboard: write TensorBoard events to `<output_dir>/tensorboard`.
         bundle_root: the bundle folder the default paths derive from (named in errors when they are missing).
     """
 
-    def __init__(self, network: nn.Module, ckpt_path: str, output_dir: str, sweep: Mapping[str, Any],
+    def __init__(self, ckpt_path: str, output_dir: str, sweep: Mapping[str, Any],
                  dataset_dir: str | None = None, datalist: str | None = None, split: str = "test", device=None,
-                 patch_size: int = 128, patch_spacing_mm: float = 0.5, phantom_subjects: int = 12,
+                 width: int | None = None, patch_size: int | None = None, patch_spacing_mm: float | None = None,
+                 network_args: Mapping[str, Any] | None = None, phantom_subjects: int = 12,
                  phantom_seed: int = 0, tensorboard: bool = True, progress: bool = True, bundle_root: str = ""):
-        self.network = network
+        self.network: nn.Module | None = None
+        self.description: dict = {}
         self.ckpt_path = Path(ckpt_path)
         self.output_dir = Path(output_dir)
         self.sweep = dict(sweep)
@@ -148,9 +155,17 @@ class RobustnessEvaluation:
         self.split = split
         self.device = torch.device(device) if device is not None else \
             torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.patch_size = check_number(patch_size, "patch_size", minimum=8, integer=True)
-        self.patch_spacing_mm = float(check_number(patch_spacing_mm, "patch_spacing_mm", minimum=0,
-                                                   min_inclusive=False))
+        self.model_overrides: dict[str, Any] = dict(network_args or {})
+        if width is not None:
+            self.model_overrides["width"] = check_number(width, "width", minimum=1, integer=True)
+        if patch_size is not None:
+            self.model_overrides["patch_size"] = check_number(patch_size, "patch_size", minimum=8, integer=True)
+        if patch_spacing_mm is not None:
+            self.model_overrides["patch_spacing_mm"] = float(check_number(
+                patch_spacing_mm, "patch_spacing_mm", minimum=0, min_inclusive=False))
+        self.patch_size: int | None = None
+        self.patch_spacing_mm: float | None = None
+        self._lock = None
         self.phantom_subjects = check_number(phantom_subjects, "phantom_subjects", minimum=1, integer=True)
         self.phantom_seed = check_number(phantom_seed, "phantom_seed", minimum=0, integer=True)
         self.tensorboard = as_bool(tensorboard, "tensorboard")
@@ -189,7 +204,13 @@ class RobustnessEvaluation:
         self.config = SweepConfig.from_dict(self.sweep, where=_settings_source())
         if not self.ckpt_path.is_file():
             raise self._missing(self.ckpt_path, "checkpoint file")
-        load_network_checkpoint(self.network, self.ckpt_path, self.device)
+        from diskrobust.checkpoints import build_model_from_checkpoint
+        from diskrobust.run_lock import RunLock, RunLockedError
+
+        # the network and the patches as the model was trained (an explicit override that disagrees is refused)
+        self.network, self.description = build_model_from_checkpoint(self.ckpt_path, self.device, self.model_overrides)
+        self.patch_size = int(self.description["patch"]["size"])
+        self.patch_spacing_mm = float(self.description["patch"]["spacing_mm"])
         datalist = self._datalist_path()
         from diskrobust.data.datasets import DiskPatchDataset
 
@@ -199,6 +220,11 @@ class RobustnessEvaluation:
             raise DataError(datalist, f"split {self.split!r} holds no disk patches")
         check_heads(self.config, network_outputs(self.network, (1, self.patch_size, self.patch_size)))
         self.datalist_path = datalist
+        # one run per output folder: a second one is refused naming the holder (a killed run's lock is taken over)
+        try:
+            self._lock = RunLock(self.output_dir, what="robustness evaluation").acquire()
+        except RunLockedError as err:  # as a DataError, the error printer shows it as the last line
+            raise DataError(self.output_dir, f"{err} (choose another --output_dir or wait for it)") from err
         return self
 
     def run(self) -> dict:
@@ -212,7 +238,9 @@ class RobustnessEvaluation:
         run_info = {"checkpoint": str(self.ckpt_path.resolve()), "checkpoint_sha256": file_sha256(self.ckpt_path),
                     "datalist": str(Path(self.datalist_path).resolve()), "split": self.split,
                     "device": str(self.device), "network": type(self.network).__name__,
-                    "network_params": network_params(self.network)}
+                    "network_params": network_params(self.network),
+                    "model_description": {k: v for k, v in self.description.items() if k != "shape_pca_mean"},
+                    "patch": {"size": self.patch_size, "spacing_mm": self.patch_spacing_mm}}
         try:
             result = run_robustness_sweep(self.network, self.dataset, self.config, self.output_dir,
                                           writer=AttackTensorBoardLogger(writer, self.config.tensorboard_images)
@@ -224,3 +252,9 @@ class RobustnessEvaluation:
         logger.info("robustness results in %s (report.md, per_sample.csv, aggregate.json, plots/, tensorboard/)",
                     self.output_dir)
         return result
+
+    def finalize(self) -> None:
+        """Release the output folder's lock."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

@@ -20,7 +20,7 @@ from typing import Any
 from diskrobust.study.grid import Arm, StudyConfig
 from diskrobust.study.outcomes import ArmFailed, ArmOutcome
 from diskrobust.study.processes import run_bundle
-from diskrobust.study.results import atomic_write_json
+from diskrobust.data.dataset_io import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SHAPE_BUNDLE = REPO_ROOT / "bundles" / "lumbar_disk_shape"
@@ -89,7 +89,7 @@ def evaluate_stage(cfg: StudyConfig, arm: Arm, sweep_overrides: dict[str, Any] |
         **settings,
     }
     if "width" in cfg.train:
-        overrides.setdefault("network_def#width", cfg.train["width"])
+        overrides.setdefault("width", cfg.train["width"])
     for key in ("patch_size", "patch_spacing_mm"):  # the network must see patches as it was trained on them
         if key in cfg.train:
             overrides.setdefault(key, cfg.train[key])
