@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def train_tiny(datalist: Path, ckpt: Path, width: int, steps: int, seed: int = 0) -> None:
-    from diskrobust.data.datasets import DiskPatchDataset
+    from diskrobust.datasets import DiskPatchDataset
     from diskrobust.losses import DiskShapeLoss
     from diskrobust.networks import DiskShapeNet
 

@@ -22,7 +22,7 @@ import torch
 from monai.data import DataLoader
 
 from diskrobust.data.dataset_io import load_datalist
-from diskrobust.data.datasets import ShapeAugmentedDataset, build_patch_bank
+from diskrobust.datasets import ShapeAugmentedDataset, build_patch_bank
 from diskrobust.transforms import ShapePCA
 
 

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from diskrobust.attacks import PGD, RegressionAutoAttack, mean_point_distance
 from diskrobust.batch import prepare_disk_batch
-from diskrobust.data.datasets import DiskPatchDataset
+from diskrobust.datasets import DiskPatchDataset
 from diskrobust.data.phantom import PhantomConfig, write_phantom_dataset
 from diskrobust.handlers.adversarial import AdversarialTrainingHandler
 from diskrobust.losses import DiskShapeLoss
@@ -144,6 +144,8 @@ def main(argv=None):
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", nargs="*", default=["standard", "adv_r"], choices=["standard", "adv_r"],
+                        help="which models to attack (both are trained either way: adv_r is fine-tuned from standard)")
     parser.add_argument("--data", default=None, help="phantom folder (default: a temporary one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -179,6 +181,8 @@ def main(argv=None):
           f"Square {args.queries} queries; seed {args.seed}", flush=True)
     out = []
     for name, net in (("standard", std), ("adv_r", adv)):
+        if name not in args.models:
+            continue
         print(f"{name}:", flush=True)
         clean, rows = evaluate(net, image, targets, args.eps, args)
         out.append(table(name, clean, rows, args))

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from diskrobust.attacks import box_noise, natural_images, targets_from_model, uniform_noise
 from diskrobust.batch import prepare_disk_batch
-from diskrobust.data.datasets import DiskPatchDataset, ShapeAugmentedDataset
+from diskrobust.datasets import DiskPatchDataset, ShapeAugmentedDataset
 from diskrobust.data.phantom import PhantomConfig, write_phantom_dataset
 from diskrobust.defenses import HeadAgreementDetector, MahalanobisDetector, evaluate_detector
 from diskrobust.losses import DiskShapeLoss

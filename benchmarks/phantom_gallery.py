@@ -27,13 +27,14 @@ CLOSE_UPS = ("protrusion", "extrusion", "migration", "schmorl", "collapse", "spo
 
 def _find_disks(weighting: str, wanted=CLOSE_UPS, max_seed: int = 400) -> list[tuple[int, int, str]]:
     """(seed, disk index, finding) for the first default-population disk with each finding (contours only)."""
-    found, seed = {}, 0
+    found, used, seed = {}, set(), 0
     while len(found) < len(wanted) and seed < max_seed:
         _, info = subject_contours(seed, PhantomConfig(weighting=weighting))
         for i, d in enumerate(info["disks"][:5]):
             for f in wanted:
-                if f not in found and f in d["findings"] and (f != "vacuum" or d["grade"] >= 4):
+                if f not in found and (seed, i) not in used and f in d["findings"]:
                     found[f] = (seed, i, f)
+                    used.add((seed, i))  # one finding per close-up disk, so each panel shows another disk
         seed += 1
     return [found[f] for f in wanted if f in found]
 

@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--keep", type=str, default=None, help="write the dataset here and keep it")
     args = ap.parse_args()
     cfg = PhantomConfig(shape=tuple(args.shape), spacing_mm=(args.spacing, args.spacing))
-    print(f"cpus={os.cpu_count()} shape={cfg.shape} spacing={cfg.spacing_mm}")
+    print(f"cpus={os.cpu_count()} load average (1, 5, 15 min)={os.getloadavg()} shape={cfg.shape} spacing={cfg.spacing_mm}")
 
     generate_subject(0, cfg)  # warm-up (imports, FFT plans)
     t0, c0 = time.perf_counter(), time.process_time()

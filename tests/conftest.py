@@ -3,7 +3,6 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
 
 
 @pytest.fixture(scope="session")
@@ -13,7 +12,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def meta_schema() -> Path:
-    path = SHARED / "schemas" / "meta_schema_20240725.json"
+    """MONAI's public bundle metadata schema, vendored in the repository (tests never read outside it)."""
+    path = REPO_ROOT / "bundles" / "meta_schema_20240725.json"
     if not path.exists():
         pytest.fail(f"bundle metadata schema not found at {path}")
     return path

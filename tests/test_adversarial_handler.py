@@ -69,10 +69,10 @@ def terms(network, image, points, mask):
     return sum(loss.last_terms.values())
 
 
-SETS = {"rand": 1, "adv_r": 1, "adv_s": 1, "adv_rs": 2}
+SETS = {"rand": 1, "adv_r": 1, "adv_s": 1, "adv_rs": 2, "fast_r": 1}
 
 
-@pytest.mark.parametrize("mode", ["rand", "adv_r", "adv_s", "adv_rs"])
+@pytest.mark.parametrize("mode", ["rand", "adv_r", "adv_s", "adv_rs", "fast_r"])
 def test_batch_holds_clean_and_adversarial_with_paper_weights(mode):
     trainer = make_trainer()
     handler = AdversarialTrainingHandler(mode, eps=0.05, steps=3, ramp_epochs=0, seed=1)
@@ -114,7 +114,7 @@ def test_batch_holds_clean_and_adversarial_with_paper_weights(mode):
         assert trainer.state.adv_loss > 0 and math.isfinite(trainer.state.adv_loss)
 
 
-@pytest.mark.parametrize("mode,objective", [("adv_r", "points"), ("adv_s", "seg")])
+@pytest.mark.parametrize("mode,objective", [("adv_r", "points"), ("adv_s", "seg"), ("fast_r", "points")])
 def test_adversarial_samples_are_worse_than_clean(mode, objective):
     trainer = make_trainer()
     AdversarialTrainingHandler(mode, eps=0.1, steps=4, ramp_epochs=0, seed=1).attach(trainer)
@@ -291,3 +291,24 @@ def test_incoming_per_sample_weight_is_multiplied_into_every_copy():
     with torch.no_grad():
         unweighted = loss_fn(net(batch["image"]), {"points": batch["points"], "mask": batch["mask"]})
     assert abs(unweighted.item() - expected.item()) > 1e-3 * expected.item()
+
+
+def test_fast_arm_is_one_step_of_fgsm_with_random_start():
+    """fast_r: U[-eps, eps] start, one sign step of 1.25 eps, projected: a pixel ends on the cube's face
+    unless its start lay more than eps / 4 on the other side (P = 5/8), and the handler runs one gradient
+    pass per iteration (plus the scoring pass), whatever `steps` says."""
+    trainer = make_trainer()
+    handler = AdversarialTrainingHandler("fast_r", eps=0.05, steps=20, ramp_epochs=0, seed=1)
+    handler.attach(trainer)
+    calls = []
+    hook = trainer.network.stem.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
+    seen = record_batches(trainer)
+    trainer.run()
+    hook.remove()
+    batch = seen[0]["batch"]
+    delta = (batch["image"][BATCH:] - batch["image"][:BATCH]).abs()
+    free = (batch["image"][:BATCH] > 0.05) & (batch["image"][:BATCH] < 0.95)
+    on_face = (delta[free] > 0.0499).float().mean()
+    assert delta.max() <= 0.05 + 1e-6 and 0.55 < on_face < 0.7, on_face
+    # per iteration: the attack's forward with a graph, its scoring forward without, the training forward
+    assert calls == [True, False, True] * 2, calls

@@ -35,7 +35,8 @@ class LinearToy(nn.Module):
             flagged = (x[:, :, 0, 0] > 0.9).view(-1, 1, 1, 1)
             x = torch.where(flagged, torch.round(x * 8) / 8, x)
         s = (x * self.w).flatten(1).sum(1) + self.c
-        return {"pred": s.view(-1, 1, 1).expand(-1, 176, 2), "seg": torch.zeros_like(x[:, :1]) + 0 * s.view(-1, 1, 1, 1)}
+        seg = torch.zeros_like(x[:, :1]) + 0 * s.view(-1, 1, 1, 1)
+        return {"pred": s.view(-1, 1, 1).expand(-1, 176, 2), "seg": seg}
 
 
 def toy(seed: int = 0, quantise_flagged: bool = False):

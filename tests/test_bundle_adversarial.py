@@ -43,7 +43,7 @@ def test_adversarial_fine_tuning_from_the_standard_model(tiny_phantom, tmp_path)
     torch.set_num_threads(1)
     std_dir, adv_dir = tmp_path / "std", tmp_path / "adv"
     _run(["train.json"], dataset_dir=str(tiny_phantom), output_dir=str(std_dir), epochs=1, **TINY)
-    std = torch.load(std_dir / "models" / "model.pt", weights_only=True)
+    std = torch.load(std_dir / "models" / "model.pt", weights_only=True)["model"]
 
     wf = _run(["train.json", "train_adversarial.json"], dataset_dir=str(tiny_phantom), output_dir=str(adv_dir),
               ckpt=str(std_dir / "models" / "model.pt"), epochs=2, adv_steps=2, **TINY)
@@ -58,7 +58,12 @@ def test_adversarial_fine_tuning_from_the_standard_model(tiny_phantom, tmp_path)
         assert len(tags[tag]) == iterations and all(v == v for _, v in tags[tag]), tag
     assert "val_mean_point_distance_px" in tags
 
-    tuned = torch.load(adv_dir / "models" / "model.pt", weights_only=True)
+    # the fine-tuning continues the standard run's steps (1 epoch of 2 iterations) instead of overlapping them
+    assert sorted(s for s, _ in tags["train/loss"]) == [3, 4, 5, 6]
+    assert sorted(s for s, _ in tags["val_mean_point_distance_px"]) == [2, 3]
+    assert [s for s, _ in sorted(tags["adversarial/eps"])] == [3, 4, 5, 6]
+
+    tuned = torch.load(adv_dir / "models" / "model.pt", weights_only=True)["model"]
     assert tuned.keys() == std.keys()
     # fine-tuned from the standard weights: 4 Adamax steps (lr 1e-3) move no weight by more than a few lr
     drift = max((tuned[k] - std[k]).abs().max().item() for k in std if std[k].is_floating_point())

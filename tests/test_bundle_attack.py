@@ -48,7 +48,7 @@ def phantom(tmp_path_factory) -> Path:
 def checkpoint(phantom, tmp_path_factory) -> Path:
     """(model file with its description, as the training bundle writes models/model.pt; the same weights as a
     plain state_dict) of a briefly trained DiskShapeNet."""
-    from diskrobust.data.datasets import DiskPatchDataset
+    from diskrobust.datasets import DiskPatchDataset
     from diskrobust.losses import DiskShapeLoss
 
     ds = DiskPatchDataset(phantom / "datalist.json", "training", patch_size=PATCH, patch_spacing_mm=SPACING)

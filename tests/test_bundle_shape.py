@@ -30,6 +30,7 @@ def _workflow(configs, workflow_type="train", **override):
     from monai.bundle import ConfigWorkflow
 
     files = [str(CONFIGS / c) for c in configs]
+    override.setdefault("bundle_root", str(BUNDLE))
     return ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=workflow_type, **override)
 
 
@@ -39,6 +40,21 @@ def _run(configs, workflow_type="train", **override):
     wf.run()
     wf.finalize()
     return wf
+
+
+def _raises_project_error(call, match: str):
+    """MONAI wraps errors of config expressions in RuntimeError: the project's DataError must be in the chain."""
+    import re
+
+    from diskrobust.data.errors import DataError
+
+    with pytest.raises(Exception) as info:
+        call()
+    err = info.value
+    while err is not None and not isinstance(err, DataError):
+        err = err.__cause__ or err.__context__
+    assert err is not None, f"no DataError in the chain of {info.value!r}"
+    assert re.search(match, str(err)), str(err)
 
 
 def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -61,7 +77,7 @@ def _state_equal(a: dict, b: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def trained(tiny_phantom, tmp_path_factory):
-    """A 2-epoch tiny training run; cwd is elsewhere, so the bundle root must come from the config path."""
+    """A 2-epoch tiny training run, from another working directory (bundle_root is passed in)."""
     out = tmp_path_factory.mktemp("shape_train")
     cwd = os.getcwd()
     os.chdir(out)
@@ -86,19 +102,32 @@ def test_metadata_verifies_against_schema(meta_schema):
     "configs, workflow_type",
     [(["train.json"], "train"), (["train.json", "evaluate.json"], "eval"), (["inference.json"], "infer")],
 )
-def test_check_properties(configs, workflow_type, tiny_phantom, tmp_path):
+def test_check_properties(configs, workflow_type, tiny_phantom, tmp_path, trained):
+    # evaluate and inference take the width from the model file
+    settings = TINY if workflow_type == "train" else {k: v for k, v in TINY.items() if k != "width"}
     wf = _workflow(configs, workflow_type, dataset_dir=str(tiny_phantom), output_dir=str(tmp_path),
-                   input_image=str(tiny_phantom / "images" / "sub-0000.nii.gz"), **TINY)
+                   input_image=str(tiny_phantom / "images" / "sub-0000.nii.gz"),
+                   ckpt_path=str(trained / "models" / "model.pt"), **settings)
     wf.initialize()
     assert wf.check_properties() == []
 
 
 def test_training_outputs_and_best_model(trained):
     models = trained / "models"
-    best = torch.load(models / "model.pt", weights_only=True)
-    assert "stem.conv.weight" in best and "mean_shape" in best  # a plain state_dict
+    from diskrobust.checkpoints import DESCRIPTION_KEY, build_model_from_checkpoint, weights_digest
+
+    saved = torch.load(models / "model.pt", weights_only=True)
+    best = saved["model"]
+    assert "stem.conv.weight" in best and "mean_shape" in best
+    desc = saved[DESCRIPTION_KEY]  # the model describes itself
+    assert desc["network_def"]["width"] == 8 and desc["patch"] == {"size": 128, "spacing_mm": 0.5}
+    assert desc["training"]["settings"]["shape_modes"] == 3 and len(desc["training"]["data_digest"]) == 64
+    assert desc["shape_pca_mean"] == best["mean_shape"].tolist()
+    assert desc["training"]["final_iteration"] == 8 and desc["training"]["iteration"] in (4, 8)
+    net, _ = build_model_from_checkpoint(models / "model.pt")
+    assert weights_digest(net) == weights_digest(best)
     full = {e: torch.load(models / f"checkpoint_epoch={e}.pt", weights_only=True) for e in (1, 2)}
-    assert set(full[2]) == {"model", "optimizer", "trainer", "best_model"}
+    assert set(full[2]) == {"model", "optimizer", "trainer", "best_model", DESCRIPTION_KEY}
     assert full[2]["trainer"]["iteration"] == 8 and full[2]["trainer"]["epoch_length"] == 4
     assert (models / "shape_pca.npz").is_file()
 
@@ -125,7 +154,7 @@ def test_resume_continues_from_last_checkpoint(trained, tiny_phantom, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(trained, out)
     saved = torch.load(out / "models" / "checkpoint_epoch=2.pt", weights_only=True)
-    best_before = torch.load(out / "models" / "model.pt", weights_only=True)
+    best_before = torch.load(out / "models" / "model.pt", weights_only=True)["model"]
     # a run killed while writing its next checkpoint leaves a truncated file: it must be skipped
     (out / "models" / "checkpoint_epoch=3.pt").write_bytes(b"PK\x03\x04 truncated")
 
@@ -151,7 +180,7 @@ def test_resume_continues_from_last_checkpoint(trained, tiny_phantom, tmp_path):
     assert torch.load(out / "models" / "checkpoint_epoch=3.pt", weights_only=True)["trainer"]["iteration"] == 12
     val = dict(_scalars(out / "logs")["val_mean_point_distance_px"])
     best_epoch = min(val, key=val.get)
-    best_after = torch.load(out / "models" / "model.pt", weights_only=True)
+    best_after = torch.load(out / "models" / "model.pt", weights_only=True)["model"]
     if best_epoch < 3:  # the resumed run must not replace a better model from before the interruption
         assert _state_equal(best_after, best_before)
     else:
@@ -159,8 +188,9 @@ def test_resume_continues_from_last_checkpoint(trained, tiny_phantom, tmp_path):
 
 
 def test_evaluate_writes_per_sample_and_aggregate_metrics(trained, tiny_phantom, tmp_path):
+    eval_tiny = {k: v for k, v in TINY.items() if k != "width"}  # the model says its width itself
     _run(["train.json", "evaluate.json"], "eval", dataset_dir=str(tiny_phantom), output_dir=str(tmp_path),
-         ckpt_path=str(trained / "models" / "model.pt"), **TINY)
+         ckpt_path=str(trained / "models" / "model.pt"), **eval_tiny)
     eval_dir = tmp_path / "eval"
     with open(eval_dir / "metrics_per_sample.csv") as f:
         rows = list(csv.DictReader(f))
@@ -246,3 +276,58 @@ def test_profiles_only_override_existing_ids(profile):
     unknown = sorted(set(prof) - set(train) - {"description"})
     assert not unknown, f"{profile} sets ids that train.json does not have: {unknown}"
     assert isinstance(prof["epochs"], int) and isinstance(prof["samples_per_epoch"], int)
+
+
+def test_evaluate_refuses_an_override_that_contradicts_the_model(trained, tiny_phantom, tmp_path):
+    wf = _workflow(["train.json", "evaluate.json"], "eval", dataset_dir=str(tiny_phantom), output_dir=str(tmp_path),
+                   ckpt_path=str(trained / "models" / "model.pt"), patch_spacing_mm=1.0)
+    _raises_project_error(wf.initialize, r"model.pt: the model was trained with patch_spacing_mm 0.5, but "
+                                         r"patch_spacing_mm 1.0 was asked for")
+    wf.finalize()
+
+
+def test_fresh_run_into_another_runs_folder_refuses_then_overwrite_moves_it_aside(trained, tiny_phantom, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    before = sorted(p.name for p in (out / "models").iterdir())
+    wf = _workflow(["train.json"], dataset_dir=str(tiny_phantom), output_dir=str(out), epochs=1, **TINY)
+    _raises_project_error(wf.initialize, "holds another run's outputs .*--resume true .*--overwrite true")
+    wf.finalize()  # releases the folder lock
+    assert sorted(p.name for p in (out / "models").iterdir()) == before  # nothing touched
+    _run(["train.json"], dataset_dir=str(tiny_phantom), output_dir=str(out), epochs=1, overwrite="true", **TINY)
+    [aside] = (out / "models").glob("previous_*")
+    assert {"model.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "logs"} <= {p.name for p in aside.iterdir()}
+    assert sorted(p.name for p in (out / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
+    assert torch.load(out / "models" / "checkpoint_epoch=1.pt", weights_only=True)["trainer"]["iteration"] == 4  # the new run's
+
+
+def test_zoo_checks_verify_net_in_out_and_torchscript_export(trained, tmp_path):
+    """As the model zoo's CI does: verify_net_in_out and ckpt_export on the bundle's own configs, through the
+    export-friendly forward (points channel-first); the TorchScript model equals the eager one."""
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    from diskrobust.checkpoints import build_model_from_checkpoint
+
+    common = {"meta_file": str(CONFIGS / "metadata.json"), "config_file": str(CONFIGS / "train.json"),
+              "bundle_root": str(BUNDLE), "network_def#export": True, "network_def#width": 8}
+    verify_net_in_out(net_id="network_def", device="cpu", **common)
+    ts_path = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(trained / "models" / "model.pt"),
+                key_in_ckpt="model", **common)
+    scripted = torch.jit.load(str(ts_path))
+    eager, _ = build_model_from_checkpoint(trained / "models" / "model.pt")
+    x = torch.rand(2, 1, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), eager(x)["pred"].transpose(1, 2), rtol=1e-5, atol=1e-4)
+
+
+def test_misspelt_override_is_refused_before_any_work(tmp_path, repo_root):
+    """`--epoch 1` (for --epochs) must not silently train 8 epochs; the message ends the output."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
+           "--config_file", "bundles/lumbar_disk_shape/configs/train.json",
+           "--output_dir", str(tmp_path), "--dataset_dir", str(tmp_path / "no_phantom"), "--epoch", "1"]
+    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    last = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+    assert "epoch" in last and "epochs" in last, last
+    assert not (tmp_path / "no_phantom").exists() and not (tmp_path / "models").exists()  # nothing done

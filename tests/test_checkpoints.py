@@ -110,8 +110,10 @@ def test_resume_refuses_a_checkpoint_of_another_setup():
         ck.ModelDescriptionState(_net(width=16), 32, 0.5, {"epochs": 2, "width": 8}, "data1").load_state_dict(state)
     with pytest.raises(DataError, match=r"the training data differ"):
         ck.ModelDescriptionState(_net(), 32, 0.5, {"epochs": 2, "width": 8}, "data2").load_state_dict(state)
-    with pytest.raises(DataError, match=r"the settings differ \(epochs\)"):
-        ck.ModelDescriptionState(_net(), 32, 0.5, {"epochs": 3, "width": 8}, "data1").load_state_dict(state)
+    with pytest.raises(DataError, match=r"the settings differ \(lr: checkpoint None, this run 0.1\)"):
+        ck.ModelDescriptionState(_net(), 32, 0.5, {"epochs": 2, "width": 8, "lr": 0.1}, "data1").load_state_dict(state)
+    # training longer is what resuming is for
+    ck.ModelDescriptionState(_net(), 32, 0.5, {"epochs": 3, "width": 8}, "data1").load_state_dict(state)
 
 
 def test_fresh_run_into_an_old_runs_folder_refuses_or_moves_aside(tmp_path):
@@ -133,6 +135,10 @@ def test_fresh_run_into_an_old_runs_folder_refuses_or_moves_aside(tmp_path):
         "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "logs", "model.pt"]
     assert not list(models.glob("*.pt")) and not list(logs.iterdir())
     assert ck.prepare_output_folder(models, log_dir=logs) is None  # now fresh
+    # a model without a run (the model the bundle ships) is kept aside, not overwritten
+    (models / "model.pt").write_bytes(b"shipped")
+    kept = ck.prepare_output_folder(models, log_dir=logs)
+    assert (models / kept.split("/")[-1] / "model.pt").read_bytes() == b"shipped" and not (models / "model.pt").exists()
 
 
 def test_latest_checkpoint_skips_truncated_files(tmp_path):

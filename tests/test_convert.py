@@ -31,7 +31,7 @@ from diskrobust.data.convert import (
 from diskrobust.data.convert.common import convert_disks
 from diskrobust.data.convert.generic import build_label_map, find_generic_series, parse_disk_labels
 from diskrobust.data.dataset_io import load_datalist, read_contours_json, read_image
-from diskrobust.data.datasets import build_patch_bank
+from diskrobust.datasets import build_patch_bank
 from diskrobust.data.phantom import PhantomConfig, generate_subject
 
 SHAPE = (256, 256)

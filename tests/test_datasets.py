@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,9 @@ import torch
 from monai.data import DataLoader
 
 from diskrobust.batch import prepare_disk_batch
-from diskrobust.data import datasets as datasets_module
 from diskrobust.data.contours import contour_centroid, dice, polygon_fill_torch
 from diskrobust.data.dataset_io import load_datalist, read_contours_json
-from diskrobust.data.datasets import DiskPatchDataset, PatchBank, ShapeAugmentedDataset, build_patch_bank
+from diskrobust.datasets import DiskPatchDataset, PatchBank, ShapeAugmentedDataset, build_patch_bank
 from diskrobust.data.errors import DataError
 from diskrobust.transforms import ShapePCA, augment_patch, patch_points_to_image
 
@@ -68,15 +68,73 @@ def test_patch_bank_cache_is_used_and_invalidated(tmp_path, train_entries, bank,
     assert np.array_equal(first.images, bank.images[:10])
 
     def no_reading(*args, **kwargs):
-        raise AssertionError("the cache should have been used")
+        raise DataError("cache test", "the cache should have been used")
 
-    monkeypatch.setattr(datasets_module, "read_image", no_reading)
-    cached = build_patch_bank(entries, progress=False, cache_path=cache)
+    import diskrobust.transforms.io as io_module
+
+    # the cache is keyed by the files' contents: a copy of the dataset elsewhere still hits it
+    copies = []
+    for e in entries:
+        c = dict(e)
+        for key in ("image", "contours"):
+            c[key] = str(tmp_path / f"{e['subject']}_{Path(e[key]).name}")
+            shutil.copyfile(e[key], c[key])
+        copies.append(c)
+    monkeypatch.setattr(io_module, "read_image", no_reading)
+    cached = build_patch_bank(copies, progress=False, cache_path=cache)
     assert np.array_equal(cached.images, first.images) and cached.levels == first.levels
     assert cached.subjects == first.subjects and np.array_equal(cached.masks, first.masks)
     # other geometry -> another fingerprint -> rebuilt (and here the reader refuses)
-    with pytest.raises(AssertionError, match="cache should have been used"):
+    with pytest.raises(DataError, match="cache should have been used"):
         build_patch_bank(entries, patch_size=64, progress=False, cache_path=cache)
+    # an edited contour file (same name) -> rebuilt
+    doc = json.loads(Path(copies[0]["contours"]).read_text())
+    doc["disks"][0]["points_px"][0][0] += 0.5
+    Path(copies[0]["contours"]).write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="cache should have been used"):
+        build_patch_bank(copies, progress=False, cache_path=cache)
+
+
+def test_patch_bank_is_the_monai_chain_composed(train_entries, bank):
+    """One preprocessing chain: the bank holds exactly what disk_patch_chain makes of each entry."""
+    from diskrobust.transforms import disk_patch_chain
+
+    patches = disk_patch_chain()(dict(train_entries[0]))
+    assert len(patches) == 5
+    for i, p in enumerate(patches):
+        np.testing.assert_array_equal(p["image"], bank.images[i])
+        np.testing.assert_array_equal(p["points"], bank.points[i])
+        assert p["subject"] == bank.subjects[i] and p["level"] == bank.levels[i]
+
+
+def test_shape_augmented_sample_is_rand_shape_augmentd_seeded_by_seed_epoch_index(bank):
+    from diskrobust.transforms import RandShapeAugmentd
+
+    pca = ShapePCA.fit(bank.points)
+    ds = ShapeAugmentedDataset(bank, pca, n_modes=3, samples_per_epoch=4, seed=7)
+    ds.set_epoch(2)
+    got = ds[3]
+    rng = np.random.default_rng([7, 2, 3])
+    source = int(rng.integers(len(bank)))
+    item = bank.item(source)
+    item["points"] = item["points"].numpy()
+    want = RandShapeAugmentd(pca, 3)(item, generator=rng)
+    assert torch.equal(got["image"], want["image"]) and np.array_equal(got["points"].numpy(), want["points"])
+    assert got["subject"] == bank.subjects[source] and got["level"] == bank.levels[source]
+    ds.set_epoch(3)
+    assert not torch.equal(ds[3]["image"], got["image"])
+
+
+def test_subjects_in_two_splits_are_refused(tmp_path, tiny_phantom):
+    from diskrobust.data.splits import check_disjoint_splits
+
+    doc = json.loads((Path(tiny_phantom) / "datalist.json").read_text())
+    check_disjoint_splits(Path(tiny_phantom) / "datalist.json")
+    doc["test"].append(dict(doc["training"][0]))
+    (tmp_path / "datalist.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"datalist.json: 1 subject\(s\) appear in more than one split \(subject "
+                                        + doc["training"][0]["subject"] + " in training and test"):
+        check_disjoint_splits(tmp_path / "datalist.json")
 
 
 def test_patch_bank_errors(tmp_path, train_entries):

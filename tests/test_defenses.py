@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diskrobust.attacks import OODAttack, targets_from_model, uniform_noise
-from diskrobust.data.datasets import DiskPatchDataset
+from diskrobust.datasets import DiskPatchDataset
 from diskrobust.data.errors import DataError
 from diskrobust.defenses import (HeadAgreementDetector, MahalanobisDetector, auroc, detection_rate, evaluate_detector,
                                  ledoit_wolf_covariance, threshold_at_tpr)

@@ -10,17 +10,11 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from diskrobust.bundle_support import (
-    BestModelState,
-    DiskInferenceInputd,
-    as_bool,
-    collate_patches,
-    inference_items,
-    latest_checkpoint,
-    read_disk_positions,
-    resume_checkpoint,
-    weights_digest,
-)
+from diskrobust.checkpoints import BestModelState, latest_checkpoint, resume_checkpoint, weights_digest
+from diskrobust.bundle_checks import as_bool
+from diskrobust.data.disk_positions import read_disk_positions
+from diskrobust.datasets import collate_patches, inference_items
+from diskrobust.transforms import inference_chain
 from diskrobust.data.errors import DataError
 from diskrobust.handlers import (
     DatasetEpochSetter,
@@ -169,6 +163,17 @@ def test_prune_checkpoints_keeps_newest(tmp_path):
     assert len(removed) == 2
 
 
+def test_prune_checkpoints_never_deletes_the_running_epochs_checkpoint(tmp_path):
+    """Another run's later checkpoints in the folder must not push this run's newest one out."""
+    for e in (7, 8):
+        torch.save({"e": e}, tmp_path / f"checkpoint_epoch={e}.pt")
+    torch.save({"e": 1}, tmp_path / "checkpoint_epoch=1.pt")
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch = 1
+    assert PruneCheckpoints(str(tmp_path), keep=2)(engine) == []
+    assert (tmp_path / "checkpoint_epoch=1.pt").is_file()
+
+
 def test_latest_checkpoint_skips_truncated_and_resume_requires_one(tmp_path):
     assert latest_checkpoint(str(tmp_path)) is None
     assert resume_checkpoint(str(tmp_path), "false") is None
@@ -263,7 +268,7 @@ def test_inference_input_patches_and_contour_writer_map_back(tmp_path):
     centres.write_text(json.dumps({"disks": [{"level": "L4/L5", "label": 202, "centre_px": [80, 100]},
                                              {"level": "L5/S1", "label": 201, "centre_px": [80, 150]}]}))
     [item] = inference_items(str(path), str(centres))
-    patches = DiskInferenceInputd(patch_size=64, patch_spacing_mm=0.5)(item)
+    patches = inference_chain(patch_size=64, patch_spacing_mm=0.5)(item)
     assert len(patches) == 2 and patches[0]["image"].shape == (1, 64, 64)
     assert 0.0 <= patches[0]["image"].min() and patches[0]["image"].max() <= 1.0
     np.testing.assert_allclose(patches[0]["scale"], [0.5 / 1.25, 0.5 / 1.0])
@@ -291,11 +296,12 @@ def test_inference_input_patch_mode(tmp_path):
 
     path = tmp_path / "p.nii.gz"
     write_image_nifti(path, np.arange(64 * 64, dtype=np.float32).reshape(64, 64), sagittal_affine((0.5, 0.5)))
-    out = DiskInferenceInputd(patch_size=64)({"image": str(path), "disks": ""})
-    assert isinstance(out, dict) and out["image"].shape == (1, 64, 64)
+    [out] = inference_chain(patch_size=64)({"image": str(path), "disks": ""})
+    assert out["image"].shape == (1, 64, 64) and out["level"] == "patch" and out["disk_label"] == 201
     assert out["image"].min() == 0.0 and out["image"].max() == 1.0
+    np.testing.assert_array_equal(out["scale"], [1.0, 1.0])  # the patch is the image: points map back 1:1
     with pytest.raises(DataError, match=r"p.nii.gz.*one 32x32 patch, got \(64, 64\)"):
-        DiskInferenceInputd(patch_size=32)({"image": str(path), "disks": ""})
+        inference_chain(patch_size=32)({"image": str(path), "disks": ""})
     with pytest.raises(ValueError, match="input_image"):
         inference_items("", "")
 
@@ -325,7 +331,7 @@ def test_dataset_epoch_setter_reaches_dataloader_workers():
 
 
 def test_disk_net_outputd_for_monai_label():
-    from diskrobust.bundle_support import DiskNetOutputd
+    from diskrobust.transforms import DiskNetOutputd
 
     points = ellipse_mean_shape(176, 32)
     seg = -torch.ones(1, 32, 32)
@@ -338,39 +344,29 @@ def test_disk_net_outputd_for_monai_label():
     assert out["pred"].shape == (1, 32, 32) and out["pred"][0, 16, 16] == 1 and out["pred"][0, 0, 0] == 0
 
 
-def test_build_network_fine_tunes_from_ckpt_or_starts_at_mean_shape(tmp_path):
-    from diskrobust.bundle_support import build_network
+def test_initial_weights_fine_tune_from_ckpt_or_start_at_mean_shape(tmp_path):
+    from diskrobust.checkpoints import describe_model, initial_weights, save_model
+    from diskrobust.data.errors import DataError as _DataError
     from diskrobust.networks import DiskShapeNet
 
     torch.manual_seed(1)
     source = DiskShapeNet(spatial_size=32, width=8, blocks=(1, 1))
     torch.save(source.state_dict(), tmp_path / "plain.pt")
-    torch.save({"model": source.state_dict()}, tmp_path / "wrapped.pt")
-    for name in ("plain.pt", "wrapped.pt"):
-        net = build_network(DiskShapeNet(spatial_size=32, width=8, blocks=(1, 1)), "cpu", str(tmp_path / name))
+    save_model(tmp_path / "described.pt", source, describe_model(source))
+    for name in ("plain.pt", "described.pt"):
+        net = DiskShapeNet(spatial_size=32, width=8, blocks=(1, 1))
+        initial_weights(net, str(tmp_path / name), overrides={"width": 8, "patch_size": 32})
         assert weights_digest(net) == weights_digest(source)
+    # fine-tuning a model of another width names the difference instead of a wall of shape errors
+    with pytest.raises(_DataError, match="width 8, but width 16"):
+        initial_weights(DiskShapeNet(spatial_size=32, width=16, blocks=(1, 1)), str(tmp_path / "described.pt"),
+                        overrides={"width": 16})
     mean = ellipse_mean_shape(176, 32) + 1.5
-    net = build_network(DiskShapeNet(spatial_size=32, width=8, blocks=(1, 1)), "cpu", "", mean)
+    net = DiskShapeNet(spatial_size=32, width=8, blocks=(1, 1))
+    initial_weights(net, "", mean)
     assert torch.allclose(net.mean_shape, mean)
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
-        build_network(DiskShapeNet(spatial_size=32, width=8, blocks=(1, 1)), "cpu", str(tmp_path / "missing.pt"))
-
-
-def test_find_bundle_root_from_argv_cwd_and_explicit(tmp_path, monkeypatch, repo_root):
-    from diskrobust.bundle_support import find_bundle_root
-
-    bundle = repo_root / "bundles" / "lumbar_disk_shape"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.argv", ["monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.json")])
-    assert find_bundle_root() == str(bundle)
-    monkeypatch.setattr("sys.argv", ["x", f"--config_file=['{bundle}/configs/train.json','{bundle}/configs/evaluate.json']"])
-    assert find_bundle_root() == str(bundle)
-    monkeypatch.setattr("sys.argv", ["pytest"])
-    monkeypatch.chdir(bundle)
-    assert find_bundle_root() == str(bundle)
-    monkeypatch.chdir(repo_root)
-    assert find_bundle_root() == str(bundle)
-    assert find_bundle_root(str(bundle)) == str(bundle)
+    with pytest.raises(_DataError, match="missing.pt"):
+        initial_weights(DiskShapeNet(spatial_size=32, width=8, blocks=(1, 1)), str(tmp_path / "missing.pt"))
 
 
 def test_read_disk_positions_from_contour_json_uses_centroids(tmp_path):

@@ -65,7 +65,8 @@ def curves(masked: bool):
     more_restarts = {eps: error(model, pgd(eps, restarts=3), targets) for eps in EPS}
     transfer = {eps: error(model, pgd(eps, net=surrogate), targets) for eps in EPS}
     trivial = {f"constant {v:g}": error(model, torch.full_like(image, v), targets) for v in (0.0, 0.5, 1.0)}
-    trivial["uniform noise"] = error(model, torch.rand(image.shape, generator=torch.Generator().manual_seed(2)), targets)
+    noise_image = torch.rand(image.shape, generator=torch.Generator().manual_seed(2))
+    trivial["uniform noise"] = error(model, noise_image, targets)
     return dict(white_box=white, query=query, noise=noise, more_steps=more_steps, more_restarts=more_restarts,
                 transfer=transfer, trivial_at_unbounded=trivial)
 

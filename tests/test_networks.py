@@ -200,3 +200,26 @@ def test_tiny_overfit_lowers_the_loss():
     assert losses[-1] < 0.5 * losses[0]
     assert terms[-1]["point_mae"] < 0.3 * terms[0]["point_mae"]
     assert terms[-1]["seg"] < terms[0]["seg"] - 0.1
+
+
+def test_forward_is_torchscript_compatible_and_export_gives_channel_first_points():
+    """ckpt_export scripts the network: both forwards must script and match the eager model."""
+    from diskrobust.networks import DiskShapeNet
+
+    torch.manual_seed(0)
+    net = DiskShapeNet(spatial_size=32, width=8, blocks=(1, 1)).eval()
+    export = DiskShapeNet(spatial_size=32, width=8, blocks=(1, 1), export=True).eval()
+    export.load_state_dict(net.state_dict())  # the same parameters
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        eager = net(x)
+        scripted = torch.jit.script(net)(x)
+        points = torch.jit.script(export)(x)
+    torch.testing.assert_close(scripted["pred"], eager["pred"])
+    torch.testing.assert_close(scripted["seg"], eager["seg"])
+    assert points.shape == (2, 2, 176)
+    torch.testing.assert_close(points, eager["pred"].transpose(1, 2))
+    with pytest.raises(Exception, match=r"expects input of shape \(B, 1, 32, 32\)"):
+        torch.jit.script(net)(torch.rand(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="needs point_head"):
+        DiskShapeNet(spatial_size=32, width=8, blocks=(1, 1), point_head=False, export=True)

@@ -112,7 +112,7 @@ def test_load_disk_contours_from_phantom(tiny_phantom):
     root = Path(tiny_phantom)
     entry = json.loads((root / "datalist.json").read_text())["training"][0]
     out = LoadDiskContours()(root / entry["contours"])
-    assert out["contours"].shape == (5, 176, 2) and out["contours"].dtype == np.float32
+    assert out["contours"].shape == (5, 176, 2) and out["contours"].dtype == np.float64
     assert out["levels"] == ["L5/S1", "L4/L5", "L3/L4", "L2/L3", "L1/L2"]
     assert out["disk_labels"].tolist() == [201, 202, 203, 204, 205]
     assert out["spacing_mm"] == pytest.approx((1.2, 1.2))

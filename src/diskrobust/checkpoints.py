@@ -86,6 +86,8 @@ __all__ = [
     "save_model",
     "build_model_from_checkpoint",
     "load_model_weights",
+    "initial_weights",
+    "continued_steps",
     "ModelDescriptionState",
     "BestModelState",
     "list_checkpoints",
@@ -330,11 +332,20 @@ def read_model_description(path: str | Path, overrides: Mapping | None = None) -
     return desc
 
 
-def network_from_description(description: Mapping) -> torch.nn.Module:
-    """A fresh `DiskShapeNet` (no weights loaded) built as the description says."""
+def network_from_description(description: Mapping, **overrides) -> torch.nn.Module:
+    """A fresh `DiskShapeNet` (no weights loaded) built as the description says.
+
+    `overrides` (DiskShapeNet arguments, e.g. a config's `--network_def#width 8`) must agree with the
+    description (DataError otherwise); `export=True` is allowed (same weights, one-tensor forward).
+    """
     from diskrobust.networks import DiskShapeNet
 
+    export = bool(overrides.pop("export", False))
+    check_overrides(description, overrides, "model description")
     net = dict(description["network_def"])
+    net.update({k: v for k, v in overrides.items() if v is not None})
+    if export:
+        net["export"] = True
     target = net.pop("_target_", NETWORK_TARGET)
     if target != NETWORK_TARGET:
         raise ValueError(f"network_def _target_ {target!r} is not {NETWORK_TARGET!r}")
@@ -361,6 +372,31 @@ def load_model_weights(network: torch.nn.Module, path: str | Path, overrides: Ma
         check_overrides(desc, overrides, path)
     load_weights(network, state, path)
     return desc if desc is not None else {}
+
+
+def initial_weights(network: torch.nn.Module, ckpt: str | Path = "", mean_shape=None,
+                    overrides: Mapping | None = None) -> dict:
+    """A training run's starting point: the weights of `ckpt` (fine-tuning; checked like
+    `load_model_weights`, the run's own geometry as `overrides`), else `mean_shape` (N, 2) as the point
+    head's base shape. Returns the description of `ckpt` ({} without one)."""
+    if ckpt:
+        desc = load_model_weights(network, ckpt, overrides)
+        logger.info("initial weights loaded from %s", ckpt)
+        return desc
+    module = getattr(network, "module", network)
+    if mean_shape is not None and getattr(module, "has_point_head", False):
+        module.set_mean_shape(mean_shape)
+    return {}
+
+
+def continued_steps(ckpt: str | Path = "") -> dict:
+    """{"iteration", "epoch"} where a run fine-tuning from model file `ckpt` continues its TensorBoard steps:
+    the planned end of the run that wrote it (0, 0 without `ckpt` or without a description)."""
+    if not ckpt:
+        return {"iteration": 0, "epoch": 0}
+    _, desc = split_checkpoint(read_checkpoint(ckpt), ckpt)
+    training = (desc or {}).get("training", {})
+    return {"iteration": int(training.get("final_iteration", 0)), "epoch": int(training.get("final_epoch", 0))}
 
 
 def build_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
@@ -393,11 +429,18 @@ class ModelDescriptionState:
     differ from this run's, naming the difference: resuming must continue the same run.
     """
 
+    # settings a resumed run may change (e.g. --resume true --epochs 20 trains longer)
+    RESUME_MAY_CHANGE = ("epochs",)
+
     def __init__(self, network, patch_size: int, patch_spacing_mm: float, settings: Mapping | None = None,
                  data_digest: str = "", trainer=None, intensity: Mapping | None = None):
         self.network, self.patch_size, self.patch_spacing_mm = network, int(patch_size), float(patch_spacing_mm)
         self.settings, self.data_digest, self.trainer, self.intensity = settings, str(data_digest), trainer, intensity
         self.loaded: dict | None = None
+
+    def attach(self, engine) -> None:
+        """Record `engine` (the trainer) so each description carries its epoch and iteration."""
+        self.trainer = engine
 
     def describe(self) -> dict:
         return describe_model(self.network, self.patch_size, self.patch_spacing_mm, self.intensity,
@@ -415,12 +458,14 @@ class ModelDescriptionState:
                 if not _same(a, b):
                     diffs.append(f"{section}.{key}: checkpoint {a}, this run {b}")
         theirs, ours = state.get("training", {}), mine["training"]
-        for key in ("config_digest", "data_digest"):
-            if theirs.get(key) and ours.get(key) and theirs[key] != ours[key]:
-                what = "settings" if key == "config_digest" else "training data"
-                changed = [k for k in sorted(set(ours["settings"]) | set(theirs.get("settings", {})))
-                           if not _same(theirs.get("settings", {}).get(k), ours["settings"].get(k))] if key == "config_digest" else []
-                diffs.append(f"the {what} differ" + (f" ({', '.join(changed)})" if changed else ""))
+        old, new = theirs.get("settings") or {}, ours.get("settings") or {}
+        changed = [k for k in sorted(set(old) | set(new))
+                   if k not in self.RESUME_MAY_CHANGE and not _same(old.get(k), new.get(k))]
+        if changed:
+            diffs.append("the settings differ (" + ", ".join(f"{k}: checkpoint {old.get(k)}, this run {new.get(k)}"
+                                                             for k in changed) + ")")
+        if theirs.get("data_digest") and ours.get("data_digest") and theirs["data_digest"] != ours["data_digest"]:
+            diffs.append("the training data differ (another dataset, or its files changed)")
         if diffs:
             raise DataError("resume", "the checkpoint is from another run: " + "; ".join(diffs)
                                       + ". Resume with the same settings, or start over with --overwrite true")
@@ -494,7 +539,7 @@ def latest_checkpoint(ckpt_dir: str | Path, prefix: str = CHECKPOINT_PREFIX) -> 
 
 def resume_checkpoint(ckpt_dir: str | Path, resume: bool) -> str | None:
     """Path to resume from when `resume` is true (FileNotFoundError when there is none), else None."""
-    from diskrobust.config_values import as_bool
+    from diskrobust.bundle_checks import as_bool
 
     if not as_bool(resume, "resume"):
         return None
@@ -508,39 +553,48 @@ def resume_checkpoint(ckpt_dir: str | Path, resume: bool) -> str | None:
 _RUN_OUTPUTS = ("model.pt", "shape_pca.npz")
 
 
-def prepare_output_folder(ckpt_dir: str | Path, resume=False, overwrite=False, log_dir: str | Path | None = None,
-                          prefix: str = CHECKPOINT_PREFIX) -> str | None:
-    """Make `ckpt_dir` ready for a training run; returns where the old outputs went (or None).
-
-    A folder holding another run's checkpoints is refused (DataError) unless `resume` (continue it)
-    or `overwrite` (start over: the old checkpoints, model.pt, shape_pca.npz and, with `log_dir`, the
-    TensorBoard files are moved into `<ckpt_dir>/previous_<UTC time>/`, never deleted).
-    """
-    from diskrobust.config_values import as_bool
-
-    resume, overwrite = as_bool(resume, "resume"), as_bool(overwrite, "overwrite")
-    if resume and overwrite:
-        raise ValueError("resume and overwrite are both true: choose one (continue the run, or start over)")
-    folder = Path(ckpt_dir)
-    old = [p for _, p in list_checkpoints(folder, prefix)] + [folder / n for n in _RUN_OUTPUTS if (folder / n).exists()]
-    logs = sorted(Path(log_dir).glob("events.out.tfevents.*")) if log_dir and Path(log_dir).is_dir() else []
-    if resume or not (old or logs):
-        return None
-    if not overwrite:
-        raise DataError(folder, f"holds another run's outputs ({', '.join(sorted(p.name for p in old + logs)[:4])}"
-                                f"{' ...' if len(old + logs) > 4 else ''}): pass --resume true to continue that run, "
-                                "--overwrite true to start over (the old files are moved aside), or another --output_dir")
+def _move_aside(folder: Path, files: list[Path], logs: list[Path]) -> Path:
     aside = folder / time.strftime("previous_%Y%m%dT%H%M%SZ", time.gmtime())
     n = 1
     while aside.exists():
         aside = folder / f"{aside.name.split('.')[0]}.{n}"
         n += 1
     aside.mkdir(parents=True)
-    for p in old:
+    for p in files:
         shutil.move(str(p), str(aside / p.name))
     if logs:
         (aside / "logs").mkdir()
         for p in logs:
             shutil.move(str(p), str(aside / "logs" / p.name))
-    logger.warning("--overwrite true: the previous run's outputs were moved to %s", aside)
+    return aside
+
+
+def prepare_output_folder(ckpt_dir: str | Path, resume=False, overwrite=False, log_dir: str | Path | None = None,
+                          prefix: str = CHECKPOINT_PREFIX) -> str | None:
+    """Make `ckpt_dir` ready for a training run; returns where the old outputs went (or None).
+
+    A folder holding another run (full checkpoints or TensorBoard files) is refused (DataError) unless
+    `resume` (continue it) or `overwrite` (start over). Starting over moves that run's checkpoints,
+    model.pt, shape_pca.npz and, with `log_dir`, its TensorBoard files into
+    `<ckpt_dir>/previous_<UTC time>/`, never deletes them. A model.pt without a run (e.g. the model the
+    bundle ships) is moved there too, with a warning, so a new run never overwrites it unseen.
+    """
+    from diskrobust.bundle_checks import as_bool
+
+    resume, overwrite = as_bool(resume, "resume"), as_bool(overwrite, "overwrite")
+    if resume and overwrite:
+        raise ValueError("resume and overwrite are both true: choose one (continue the run, or start over)")
+    folder = Path(ckpt_dir)
+    ckpts = [p for _, p in list_checkpoints(folder, prefix)]
+    outputs = [folder / n for n in _RUN_OUTPUTS if (folder / n).exists()]
+    logs = sorted(Path(log_dir).glob("events.out.tfevents.*")) if log_dir and Path(log_dir).is_dir() else []
+    if resume or not (ckpts or outputs or logs):
+        return None
+    if (ckpts or logs) and not overwrite:
+        found = sorted(p.name for p in ckpts + logs)
+        raise DataError(folder, f"holds another run's outputs ({', '.join(found[:4])}{' ...' if len(found) > 4 else ''}): "
+                                "pass --resume true to continue that run, --overwrite true to start over (the old "
+                                "files are moved aside), or another --output_dir")
+    aside = _move_aside(folder, ckpts + outputs, logs)
+    logger.warning("the previous outputs in %s were moved to %s (never deleted)", folder, aside)
     return str(aside)

@@ -104,6 +104,13 @@ class BestIterate:
         return better
 
 
+def check_chunk_size(chunk_size) -> int | None:
+    """None or an integer >= 1 (the `chunk_size` option of the attacks)."""
+    if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
+        raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size}")
+    return None if chunk_size is None else int(chunk_size)
+
+
 def chunks(batch: int, chunk_size: int | None) -> list[slice]:
     """The batch cut into consecutive slices of `chunk_size` samples (None: one slice)."""
     if chunk_size is None or chunk_size >= batch:

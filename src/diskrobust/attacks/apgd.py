@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._base import Attack, AttackResult, BestIterate, check_images, chunks, heads_of, make_generator, run_model
+from ._base import (Attack, AttackResult, BestIterate, check_chunk_size, check_images, chunks, heads_of, make_generator,
+                    run_model)
 from .objectives import Objective, build_objective
 from .pgd import NORMS, _per_sample_norm, _targets_on, ascent_direction, project_
 
@@ -100,8 +101,6 @@ class APGD(Attack):
             raise ValueError(f"rho must be in (0, 1), got {rho}")
         if len(clip) != 2 or not clip[0] < clip[1]:
             raise ValueError(f"clip must be (low, high) with low < high, got {clip}")
-        if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
-            raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size}")
         self.eps = float(eps)
         self.steps = int(steps)
         self.norm = norm
@@ -113,7 +112,7 @@ class APGD(Attack):
         self.random_start = bool(random_start)
         self.clip = (float(clip[0]), float(clip[1]))
         self.generator = generator
-        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.chunk_size = check_chunk_size(chunk_size)
         self.progress = bool(progress)
         self.last_step_sizes: torch.Tensor | None = None
 

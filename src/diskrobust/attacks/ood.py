@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from diskrobust.losses import soft_dice_loss_per_sample
 
-from ._base import (Attack, AttackResult, BestIterate, attack_context, check_images, chunks, heads_of, make_generator,
-                    run_model, unwrap_model)
+from ._base import (Attack, AttackResult, BestIterate, attack_context, check_chunk_size, check_images, chunks, heads_of,
+                    make_generator, run_model, unwrap_model)
 from .objectives import mean_point_distance, point_mse_per_sample
 from .pgd import _targets_on, project_, random_start
 
@@ -75,9 +75,7 @@ class OODAttack(Attack):
                  clip: tuple[float, float] = (0.0, 1.0), seed: int | None = None, progress: bool = True,
                  chunk_size: int | None = None):
         super().__init__(model, seed)
-        if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
-            raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size}")
-        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.chunk_size = check_chunk_size(chunk_size)
         if not (math.isfinite(eps) and eps >= 0):
             raise ValueError(f"eps must be a finite number >= 0, got {eps}")
         if int(steps) != steps or steps < 0:

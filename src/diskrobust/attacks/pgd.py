@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._base import Attack, AttackResult, BestIterate, check_images, chunks, heads_of, make_generator, run_model
+from ._base import (Attack, AttackResult, BestIterate, check_chunk_size, check_images, chunks, heads_of, make_generator,
+                    run_model)
 from .objectives import Objective, build_objective
 
 NORMS = ("linf", "l2")
@@ -102,9 +103,7 @@ class PGD(Attack):
                  seed: int | None = None, generator: torch.Generator | None = None, progress: bool = False,
                  chunk_size: int | None = None):
         super().__init__(model, seed)
-        if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
-            raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size}")
-        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.chunk_size = check_chunk_size(chunk_size)
         self.generator = generator
         if not (math.isfinite(eps) and eps >= 0):
             raise ValueError(f"eps must be a finite number >= 0, got {eps}")

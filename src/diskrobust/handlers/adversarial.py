@@ -21,14 +21,18 @@ from diskrobust.attacks import PGD, unwrap_model
 
 logger = logging.getLogger(__name__)
 
-MODES = ("std", "rand", "adv_r", "adv_s", "adv_rs")
+MODES = ("std", "rand", "adv_r", "adv_s", "adv_rs", "fast_r")
 # (objective, share of the adversarial half of the loss) per adversarial set of each arm
 _ARMS = {
     "rand": (("rand", 1.0),),
     "adv_r": (("points", 1.0),),
     "adv_s": (("seg", 1.0),),
     "adv_rs": (("points", 0.5), ("seg", 0.5)),
+    "fast_r": (("points", 1.0),),
 }
+# "fast is better than free" (Wong, Rice & Kolter 2020): one sign step of 1.25 eps from a uniform random
+# start, projected; the stepped point is used whether or not it beats the start (no keep-best).
+FAST_STEP_RATIO = 1.25
 
 
 def _repeat_batch(value, batch: int, copies: int):
@@ -52,7 +56,9 @@ class AdversarialTrainingHandler:
 
     Args:
         mode: "std" (no-op) | "rand" (x + U[-eps, eps] noise, clipped) | "adv_r" (PGD on the point SSE)
-            | "adv_s" (PGD on 1 - soft Dice) | "adv_rs" (both, half of the adversarial weight each).
+            | "adv_s" (PGD on 1 - soft Dice) | "adv_rs" (both, half of the adversarial weight each)
+            | "fast_r" (FGSM with random start on the point SSE, "fast is better than free": one sign step of
+            1.25 eps_t from U[-eps_t, eps_t], projected; `steps` and `step_size` are not used).
         eps: final L-inf budget (paper 0.07).
         steps: PGD steps (paper 20).
         step_size: PGD step (paper 0.01).
@@ -64,6 +70,7 @@ class AdversarialTrainingHandler:
         network: the network to attack; default `engine.network` (DDP is unwrapped).
         summary_writer: optional TensorBoard SummaryWriter; per-iteration scalars under `tag_prefix`.
         tag_prefix: scalar tag prefix.
+        chunk_size: PGD attacks the batch in chunks of this many samples (speed only; see docs/attacks.md).
 
     After each iteration start, `engine.state` holds the latest values as floats, for MONAI's
     TensorBoardStatsHandler(state_attributes=[...]): `adv_eps`; `adv_loss_points` (batch mean of the
@@ -74,7 +81,7 @@ class AdversarialTrainingHandler:
     def __init__(self, mode: str = "adv_r", eps: float = 0.07, steps: int = 20, step_size: float = 0.01,
                  ramp_epochs: int | None = 100, random_start: bool = True, point_loss: str = "sse",
                  seed: int = 0, network: nn.Module | None = None, summary_writer=None,
-                 tag_prefix: str = "adversarial"):
+                 tag_prefix: str = "adversarial", chunk_size: int | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not eps >= 0:
@@ -92,6 +99,7 @@ class AdversarialTrainingHandler:
         self.network = network
         self.summary_writer = summary_writer
         self.tag_prefix = tag_prefix
+        self.chunk_size = chunk_size
 
     def attach(self, engine: Engine) -> None:
         if self.mode == "std":
@@ -130,9 +138,14 @@ class AdversarialTrainingHandler:
                 sets.append(("rand", share, adv, torch.zeros(image.shape[0], device=image.device)))
                 continue
             # the per-iteration generator continues across sets, so adv_rs draws two different starts
-            attack = PGD(network, eps=eps, steps=self.steps, step_size=self.step_size, norm="linf",
-                         random_start=self.random_start, objective=objective, point_loss=self.point_loss,
-                         generator=generator)
+            if self.mode == "fast_r":
+                attack = PGD(network, eps=eps, steps=1, step_size=FAST_STEP_RATIO * eps, norm="linf",
+                             random_start=True, objective=objective, point_loss=self.point_loss,
+                             keep_best=False, generator=generator, chunk_size=self.chunk_size)
+            else:
+                attack = PGD(network, eps=eps, steps=self.steps, step_size=self.step_size, norm="linf",
+                             random_start=self.random_start, objective=objective, point_loss=self.point_loss,
+                             generator=generator, chunk_size=self.chunk_size)
             result = attack(image, targets)
             sets.append((objective, share, result.images, result.losses))
         return sets

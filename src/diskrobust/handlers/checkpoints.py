@@ -13,6 +13,8 @@ class PruneCheckpoints:
     Ignite's Checkpoint only prunes files it wrote itself, so a resumed run would leave the previous
     run's checkpoints behind; this looks at the folder instead. Attach it after the CheckpointSaver so
     the newest checkpoint exists before older ones go (there is always one to resume from).
+    Only checkpoints up to the engine's current epoch are candidates: a file from a later epoch is not
+    this run's (another run's, left in the folder), and the run's own newest one is never deleted.
     """
 
     def __init__(self, ckpt_dir: str, keep: int = 2, prefix: str = "checkpoint"):
@@ -29,7 +31,9 @@ class PruneCheckpoints:
         from diskrobust.checkpoints import list_checkpoints
 
         removed = []
-        for _, path in list_checkpoints(self.ckpt_dir, self.prefix)[self.keep:]:
+        current = engine.state.epoch if engine is not None else None
+        mine = [(e, p) for e, p in list_checkpoints(self.ckpt_dir, self.prefix) if current is None or e <= current]
+        for _, path in mine[self.keep:]:
             path.unlink(missing_ok=True)
             removed.append(str(path))
         return removed

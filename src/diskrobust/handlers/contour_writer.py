@@ -33,8 +33,8 @@ def _item(value, i):
 class DiskContourWriter:
     """Collect the point head's predictions per source image and write them when the evaluator completes.
 
-    Attach to a SupervisedEvaluator (decollate=False) fed by `DiskInferenceInputd` patches. For each
-    source image `<subject>` it writes into `output_dir`:
+    Attach to a SupervisedEvaluator (decollate=False) fed by the inference chain's patches
+    (`diskrobust.transforms.inference_chain`). For each source image `<subject>` it writes into `output_dir`:
     * `<subject>_contours.json` (diskrobust-contours/1: per disk level, label, points_px in image px and
       points_mm), points mapped back with image_px = (patch_px - S / 2) * scale + centre_px;
     * `<subject>_disks.nii.gz`: uint16 mask with each disk's filled contour set to its SPIDER label

@@ -9,7 +9,10 @@ Shapes (S = spatial_size, N = num_points, w = width, k = len(blocks)):
     seg decoder       (B, 1, S, S) logits                transposed conv + skip concat + 2 convs per stage
 
 The output is a dict {"pred": (B, N, 2), "seg": (B, 1, S, S)}; a head that is switched off is absent
-(docs/architecture.md, "Network output").
+(docs/architecture.md, "Network output"). With `export=True` the same weights give one tensor instead,
+the points channel-first (B, 2, N) as MONAI's bundle metadata describes them ("num_channels": 2,
+"spatial_shape": [N]): what `monai.bundle verify_net_in_out` and `ckpt_export` (TorchScript) take.
+The forward pass is TorchScript-compatible either way.
 
 Only GroupNorm is used (no BatchNorm): the attacks need a network whose forward pass does not change
 its state, and adversarial training concatenates clean and adversarial samples in one batch, whose
@@ -55,6 +58,8 @@ def ellipse_mean_shape(num_points: int = 176, spatial_size: int = 128) -> torch.
 
 
 class DiskShapeNet(nn.Module):
+    __constants__ = ["has_point_head", "has_seg_head", "export", "num_points", "in_channels", "spatial_size"]
+
     """ResNet-18-like encoder (BasicBlocks, GroupNorm, LeakyReLU), point head and U-Net decoder.
 
     Args:
@@ -67,6 +72,8 @@ class DiskShapeNet(nn.Module):
         seg_head: build the U-Net decoder (output "seg").
         norm_groups: GroupNorm groups; must divide width.
         negative_slope: LeakyReLU slope.
+        export: forward returns the points (B, 2, N) channel-first, one tensor (needs the point head);
+            for TorchScript export and MONAI's checks. Same parameters as `export=False`.
 
     The point head predicts an offset from the registered buffer `mean_shape` (N, 2) (x, y) patch
     pixels, which defaults to a disk-sized ellipse around the patch centre S/2 (see
@@ -86,6 +93,7 @@ class DiskShapeNet(nn.Module):
         seg_head: bool = True,
         norm_groups: int = 8,
         negative_slope: float = 0.01,
+        export: bool = False,
     ):
         super().__init__()
         blocks = tuple(int(b) for b in blocks)
@@ -109,6 +117,11 @@ class DiskShapeNet(nn.Module):
         self.blocks = blocks
         self.has_point_head = point_head
         self.has_seg_head = seg_head
+        self.export = bool(export)
+        self.norm_groups = norm_groups
+        self.negative_slope = negative_slope
+        if self.export and not point_head:
+            raise ValueError("DiskShapeNet(export=True) returns the points: it needs point_head=True")
 
         norm = ("group", {"num_groups": norm_groups})
         act = ("leakyrelu", {"negative_slope": negative_slope, "inplace": True})
@@ -162,30 +175,45 @@ class DiskShapeNet(nn.Module):
         self.mean_shape.copy_(points.to(self.mean_shape))
 
     def _check_input(self, x: torch.Tensor) -> None:
-        expected = (self.in_channels, self.spatial_size, self.spatial_size)
-        if not torch.is_tensor(x) or x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"DiskShapeNet expects input of shape (B, {expected[0]}, {expected[1]}, {expected[2]}), "
-                             f"got {got}")
+        # written for TorchScript too (no torch.is_tensor, no f-strings): the annotation already says Tensor
+        s = self.spatial_size
+        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2] != s or x.shape[3] != s:
+            raise ValueError("DiskShapeNet expects input of shape (B, " + str(self.in_channels) + ", " + str(s)
+                             + ", " + str(s) + "), got " + str(list(x.shape)))
         if not x.is_floating_point():
-            raise ValueError(f"DiskShapeNet expects a floating point input, got {x.dtype}")
+            raise ValueError("DiskShapeNet expects a floating point input, got " + str(x.dtype))
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, C, S, S) -> {"pred": (B, N, 2) (x, y) patch px, "seg": (B, 1, S, S) logits}."""
-        self._check_input(x)
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = [self.stem(x)]
         for stage in self.encoder:
             features.append(stage(features[-1]))
+        return features
 
+    def _points(self, last: torch.Tensor) -> torch.Tensor:
+        return self.point_head(last).view(-1, self.num_points, 2) + self.mean_shape
+
+    def _seg(self, features: list[torch.Tensor]) -> torch.Tensor:
+        y = features[-1]
+        n = len(features)
+        for i, up in enumerate(self.decoder):
+            y = up(y, features[n - 2 - i])
+        return self.seg_out(y)
+
+    def forward(self, x: torch.Tensor):
+        """(B, C, S, S) -> {"pred": (B, N, 2) (x, y) patch px, "seg": (B, 1, S, S) logits};
+        with `export`: the points (B, 2, N)."""
+        if not torch.jit.is_scripting() and not isinstance(x, torch.Tensor):
+            raise ValueError(f"DiskShapeNet expects a tensor of shape (B, {self.in_channels}, {self.spatial_size}, "
+                             f"{self.spatial_size}), got {type(x).__name__}")
+        self._check_input(x)
+        features = self._features(x)
+        if self.export:
+            return self._points(features[-1]).transpose(1, 2)
         out: dict[str, torch.Tensor] = {}
         if self.has_point_head:
-            offsets = self.point_head(features[-1]).view(-1, self.num_points, 2)
-            out["pred"] = offsets + self.mean_shape
+            out["pred"] = self._points(features[-1])
         if self.has_seg_head:
-            y = features[-1]
-            for up, skip in zip(self.decoder, reversed(features[:-1])):
-                y = up(y, skip)
-            out["seg"] = self.seg_out(y)
+            out["seg"] = self._seg(features)
         return out
 
     # Output names forward_heads accepts, in the order forward computes them.

@@ -212,7 +212,7 @@ class RobustnessEvaluation:
         self.patch_size = int(self.description["patch"]["size"])
         self.patch_spacing_mm = float(self.description["patch"]["spacing_mm"])
         datalist = self._datalist_path()
-        from diskrobust.data.datasets import DiskPatchDataset
+        from diskrobust.datasets import DiskPatchDataset
 
         self.dataset = DiskPatchDataset(str(datalist), self.split, patch_size=self.patch_size,
                                         patch_spacing_mm=self.patch_spacing_mm)

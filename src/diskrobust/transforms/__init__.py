@@ -1,7 +1,16 @@
-"""MONAI transforms of diskrobust (array + dictionary twins): intensity, loading, disk patches, shape augmentation."""
+"""MONAI transforms of diskrobust (array + dictionary twins): intensity, loading, disk patches, shape
+augmentation, the preprocessing chains (`pipeline`) and the network-output postprocessing.
 
-from diskrobust.transforms.intensity import ScaleIntensityMR, ScaleIntensityMRd
-from diskrobust.transforms.io import LoadDiskContours, LoadDiskContoursd, LoadDiskImage, LoadDiskImaged
+Imports data/ (file reading, contour geometry); data/ never imports transforms/."""
+
+from diskrobust.transforms.intensity import ScaleIntensityMR, ScaleIntensityMRd, minmax_scale
+from diskrobust.transforms.io import (
+    LoadDiskContours,
+    LoadDiskContoursd,
+    LoadDiskImage,
+    LoadDiskImaged,
+    LoadDiskPositionsd,
+)
 from diskrobust.transforms.patches import (
     ExtractDiskPatches,
     ExtractDiskPatchesd,
@@ -10,6 +19,8 @@ from diskrobust.transforms.patches import (
     patch_points_to_image,
     patch_scale,
 )
+from diskrobust.transforms.pipeline import DiskCompose, disk_patch_chain, inference_chain
+from diskrobust.transforms.postprocess import DiskNetOutputd
 from diskrobust.transforms.shape_augment import (
     RandShapeAugment,
     RandShapeAugmentd,
@@ -22,6 +33,12 @@ from diskrobust.transforms.tps import border_control_points, tps_eval, tps_solve
 __all__ = [
     "ScaleIntensityMR",
     "ScaleIntensityMRd",
+    "minmax_scale",
+    "LoadDiskPositionsd",
+    "DiskCompose",
+    "disk_patch_chain",
+    "inference_chain",
+    "DiskNetOutputd",
     "LoadDiskImage",
     "LoadDiskImaged",
     "LoadDiskContours",

@@ -7,7 +7,18 @@ from collections.abc import Hashable, Mapping
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, NormalizeIntensity, ScaleIntensityRangePercentiles, Transform
 
-__all__ = ["ScaleIntensityMR", "ScaleIntensityMRd"]
+import numpy as np
+
+__all__ = ["ScaleIntensityMR", "ScaleIntensityMRd", "minmax_scale"]
+
+
+def minmax_scale(patch: np.ndarray) -> np.ndarray:
+    """Map a patch's [min, max] to [0, 1] (all zeros for a constant patch): the network's input range.
+
+    The one min-max normalisation of the project (patches for training, evaluation, inference, serving).
+    """
+    lo, hi = float(patch.min()), float(patch.max())
+    return (patch - lo) / (hi - lo) if hi > lo else np.zeros_like(patch)
 
 
 class ScaleIntensityMR(Transform):

@@ -17,6 +17,7 @@ from scipy.ndimage import map_coordinates
 
 from diskrobust import PATCH_SIZE
 from diskrobust.data.contours import contour_centroid, contour_to_mask
+from diskrobust.transforms.intensity import minmax_scale
 
 __all__ = [
     "patch_scale",
@@ -64,8 +65,7 @@ def _as_arrays(points, centre_px, scale):
 
 def _normalise(patch: np.ndarray, intensity: str | None) -> np.ndarray:
     if intensity == "minmax":
-        lo, hi = float(patch.min()), float(patch.max())
-        return (patch - lo) / (hi - lo) if hi > lo else np.zeros_like(patch)
+        return minmax_scale(patch)
     if intensity == "clip":
         return np.clip(patch, 0.0, 1.0)
     if intensity is None or intensity == "none":
@@ -162,7 +162,11 @@ class ExtractDiskPatchesd(MapTransform):
     """Dictionary twin of `ExtractDiskPatches`: reads `image_key` (1, H, W), `contours_key` (D, 176, 2),
     `spacing_key` (row, col) and `levels_key`, returns a list of D dicts (MONAI flattens list outputs
     the way it does for RandCropByPosNegLabeld). Other keys (e.g. "subject") are copied into each
-    patch dict; the whole-image keys and the contour metadata are not."""
+    patch dict; the whole-image keys and the contour metadata are not.
+
+    Inference (no contours): when the item has no `contours_key` but `centres_key` (D, 2) (x, y) image px
+    (`LoadDiskPositionsd`), the patches are cut at those centres in the same way, without "points" and
+    "mask"; `disk_labels` (D,) become each patch's "disk_label"."""
 
     def __init__(
         self,
@@ -175,9 +179,12 @@ class ExtractDiskPatchesd(MapTransform):
         padding: str = "zeros",
         intensity: str | None = "minmax",
         drop_keys: Sequence[str] = ("label", "disk_labels"),
+        centres_key: str = "centres",
+        labels_key: str = "disk_labels",
         allow_missing_keys: bool = False,
     ):
         super().__init__([image_key, contours_key], allow_missing_keys)
+        self.centres_key, self.labels_key = centres_key, labels_key
         self.image_key, self.contours_key = image_key, contours_key
         self.spacing_key, self.levels_key = spacing_key, levels_key
         self.drop_keys = set(drop_keys)
@@ -188,7 +195,28 @@ class ExtractDiskPatchesd(MapTransform):
         if self.spacing_key not in d:
             raise KeyError(f"ExtractDiskPatchesd needs the image spacing under {self.spacing_key!r}")
         levels = d.get(self.levels_key)
+        if self.contours_key not in d and self.centres_key in d:
+            return self._at_centres(d, levels)
         patches = self.extractor(d[self.image_key], d[self.contours_key], d[self.spacing_key], levels)
         used = {self.image_key, self.contours_key, self.spacing_key, self.levels_key} | self.drop_keys
         shared = {k: v for k, v in d.items() if k not in used}
         return [{**shared, **p} for p in patches]
+
+    def _at_centres(self, d: dict, levels) -> list[dict]:
+        ex = self.extractor
+        centres = np.asarray(d[self.centres_key], dtype=np.float64).reshape(-1, 2)
+        labels = d.get(self.labels_key)
+        used = {self.image_key, self.centres_key, self.levels_key, self.labels_key} | (self.drop_keys - {self.spacing_key})
+        shared = {k: v for k, v in d.items() if k not in used}
+        out = []
+        for i, centre in enumerate(centres):
+            patch, scale = extract_patch(d[self.image_key], centre, d[self.spacing_key], ex.patch_size,
+                                         ex.patch_spacing_mm, ex.padding, ex.intensity)
+            item = {**shared, "image": patch, "centre_px": centre.astype(np.float32), "scale": scale.astype(np.float32),
+                    self.spacing_key: np.asarray(d[self.spacing_key], dtype=np.float64)}
+            if levels is not None:
+                item["level"] = str(levels[i])
+            if labels is not None:
+                item["disk_label"] = int(labels[i])
+            out.append(item)
+        return out

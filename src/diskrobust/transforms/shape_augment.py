@@ -104,7 +104,8 @@ class ShapePCA:
         return self.synthesize(self.sample_coefficients(n, n_modes, c_max, generator))
 
     def save(self, path: str | Path) -> None:
-        """Write mean, components and eigenvalues to an .npz file."""
+        """Write mean, components and eigenvalues to an .npz file (its folder is created)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         np.savez(Path(path), mean=self.mean, components=self.components, eigenvalues=self.eigenvalues)
 
     @classmethod
@@ -224,22 +225,30 @@ class RandShapeAugment(Randomizable, Transform):
         self._do = True
         self._new_points: np.ndarray | None = None
 
-    def randomize(self, data: tuple[np.ndarray, int]) -> None:
+    def randomize(self, data: tuple[np.ndarray, int], generator: np.random.Generator | None = None) -> None:
+        """Draw whether to augment and the new shape, from `self.R` or, when given, `generator` (a numpy
+        Generator: the datasets pass one per (seed, epoch, index), so a sample does not depend on the
+        order in which samples are drawn)."""
         points, patch_size = data
-        self._do = self.R.rand() < self.prob
+        if generator is None:
+            rng = self.R
+            self._do = rng.rand() < self.prob
+        else:
+            rng = generator
+            self._do = self.prob >= 1.0 or generator.random() < self.prob
         self._new_points = None
         if self._do:
             self._new_points = draw_new_shape(
-                self.pca, self.n_modes, points, patch_size, self.R, self.c_max, self.margin, self.max_tries
+                self.pca, self.n_modes, points, patch_size, rng, self.c_max, self.margin, self.max_tries
             )
 
-    def __call__(self, image, points, randomize: bool = True):
+    def __call__(self, image, points, randomize: bool = True, generator: np.random.Generator | None = None):
         pts = np.asarray(points, dtype=np.float64)
         if pts.shape != self.pca.mean.shape:
             raise ValueError(f"points shape {pts.shape} does not match the shape model's {self.pca.mean.shape}")
         size = int(np.asarray(image.shape)[-1])
         if randomize:
-            self.randomize((pts, size))
+            self.randomize((pts, size), generator)
         if not self._do:
             img = torch.as_tensor(image, dtype=torch.float32)
             pts32 = pts.astype(np.float32)
@@ -278,11 +287,12 @@ class RandShapeAugmentd(Randomizable, MapTransform):
         self.augment.set_random_state(state=self.R)
         return self
 
-    def randomize(self, data=None) -> None:
-        self.augment.randomize(data)
+    def randomize(self, data=None, generator: np.random.Generator | None = None) -> None:
+        self.augment.randomize(data, generator)
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+    def __call__(self, data: Mapping[Hashable, object], generator: np.random.Generator | None = None) -> dict:
+        """`generator`: draw from this numpy Generator instead of the transform's own random state."""
         d = dict(data)
-        image, points, mask = self.augment(d[self.image_key], d[self.points_key])
+        image, points, mask = self.augment(d[self.image_key], d[self.points_key], generator=generator)
         d[self.image_key], d[self.points_key], d[self.mask_key] = image, points, mask
         return d

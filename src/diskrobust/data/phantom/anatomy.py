@@ -194,6 +194,9 @@ def _sample_disk(rng: np.random.Generator, cfg: PhantomConfig, index: int, level
         "nucleus_t2_ms": t2_nucleus,
         "cleft": bool(2 <= grade <= 4 and rng.random() < 0.7),  # intranuclear cleft: a dark horizontal line on T2
     }
+    if p["herniation"] == "protrusion":  # a protrusion is shallower than its base is wide
+        base_mm = min(p["herniation_base_frac"], 0.76) * hp
+        p["herniation_mm"] = float(min(p["herniation_mm"], max(0.8, 0.5 * base_mm)))
     p["findings"] = _findings(p)
     return p
 

@@ -290,7 +290,7 @@ def plot(stats: dict, path: Path) -> Path:
         pub_sd = [stats["per_level"][lv][m].get("published_sd", np.nan) for lv in levels]
         ax[1, 1].errorbar(x + 0.08, pub, yerr=pub_sd, fmt="x", color=colour, alpha=0.6, ms=5)
     ax[1, 1].set_xticks(np.arange(len(levels)), levels)
-    ax[1, 1].set(ylabel="height (mm)", title="disk heights: phantom (o) vs published (x), mean +- SD")
+    ax[1, 1].set(ylabel="height (mm)", title="heights: phantom (o) vs published (x), mean +- SD")
     ax[1, 1].legend(fontsize=7)
     fig.suptitle(gate_line(stats), fontsize=7)
     fig.tight_layout()

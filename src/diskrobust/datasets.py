@@ -1,4 +1,14 @@
-"""Torch datasets of disk patches: real patches (validation, test, attacks) and the shape-augmented stream.
+"""Torch datasets of disk patches: real patches (validation, test, attacks), the shape-augmented stream,
+and the inference items.
+
+The patches come from one preprocessing chain of MONAI dictionary transforms
+(`diskrobust.transforms.disk_patch_chain`: LoadDiskImaged -> LoadDiskContoursd -> ScaleIntensityMRd ->
+ExtractDiskPatchesd), applied once per subject and kept as a `PatchBank` (optionally cached on disk,
+keyed by the files' content digest and the chain's geometry). The training stream draws from the bank
+with `RandShapeAugmentd`, seeded per (seed, epoch, index). Inference uses the same chain with disk
+centres instead of contours (`diskrobust.transforms.inference_chain`).
+
+This module sits after data/ and transforms/ in the flow (it imports both; neither imports it).
 
 Every item is a dict in the batch layout of docs/architecture.md: "image" (1, S, S) float32 in [0, 1],
 "points" (176, 2) float32 (x, y) patch px, "mask" (1, S, S) float32 {0, 1}, plus "subject" (str),
@@ -20,17 +30,18 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from diskrobust import PATCH_SIZE
-from diskrobust.data.dataset_io import load_datalist, read_contours_json, read_image
-from diskrobust.data.errors import DataError
-from diskrobust.transforms.intensity import ScaleIntensityMR
-from diskrobust.transforms.patches import ExtractDiskPatches
 from diskrobust.data.contours import polygon_fill_torch
-from diskrobust.transforms.shape_augment import ShapePCA, augment_patch, draw_new_shape
+from diskrobust.data.dataset_io import load_datalist
+from diskrobust.data.digest import entries_digest
+from diskrobust.data.errors import DataError
+from diskrobust.transforms.pipeline import disk_patch_chain, project_data_error
+from diskrobust.transforms.shape_augment import RandShapeAugmentd, ShapePCA, draw_new_shape
 from diskrobust.transforms.tps import tps_warp
 
-__all__ = ["PatchBank", "build_patch_bank", "DiskPatchDataset", "ShapeAugmentedDataset"]
+__all__ = ["PatchBank", "build_patch_bank", "DiskPatchDataset", "ShapeAugmentedDataset", "ensure_dataset",
+           "inference_items", "collate_patches"]
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclass
@@ -117,13 +128,8 @@ class PatchBank:
 
 
 def _fingerprint(entries: Sequence[Mapping], patch_size: int, patch_spacing_mm: float, padding: str) -> str:
-    """Hash of the inputs a bank depends on: file paths, sizes and mtimes, and the patch geometry."""
-    parts = [f"v{_CACHE_VERSION}", str(patch_size), repr(float(patch_spacing_mm)), padding]
-    for e in entries:
-        for key in ("image", "contours"):
-            p = Path(e[key])
-            st = p.stat()
-            parts.append(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    """Hash of what a bank depends on: the files' contents (not paths or mtimes) and the patch geometry."""
+    parts = [f"v{_CACHE_VERSION}", str(patch_size), repr(float(patch_spacing_mm)), padding, entries_digest(entries)]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -134,13 +140,16 @@ def build_patch_bank(
     progress: bool = True,
     cache_path: str | Path | None = None,
     padding: str = "zeros",
+    transform=None,
 ) -> PatchBank:
-    """Cut every disk of every datalist entry (absolute "image" and "contours" paths, e.g. from
-    `dataset_io.load_datalist`) into a patch bank.
+    """Run the preprocessing chain over every datalist entry (absolute "image" and "contours" paths, e.g.
+    from `dataset_io.load_datalist`) and keep its patches as a bank.
 
-    Each image is scaled with `ScaleIntensityMR` (0.5-99.5 percentiles) and each patch min-max scaled to
-    [0, 1]. With `cache_path`, a bank saved there for the same files (paths, sizes, mtimes) and geometry is
-    loaded instead, and a freshly built bank is saved there.
+    `transform` is the chain (default `disk_patch_chain(patch_size, patch_spacing_mm, padding)`: each image
+    scaled with `ScaleIntensityMR` (0.5-99.5 percentiles), each patch min-max scaled to [0, 1]); it must
+    turn an entry into a list of patch dicts with "image", "points", "mask", "centre_px", "scale", "level"
+    and "subject". With `cache_path`, a bank saved there for the same file contents and geometry is loaded
+    instead, and a freshly built bank is saved there (give a custom `transform` its own cache path).
     Raises DataError (naming the file) for unreadable files, contours outside their image, and image /
     contour spacings that disagree.
     """
@@ -150,7 +159,7 @@ def build_patch_bank(
         for key in ("image", "contours"):
             if key not in e:
                 raise DataError(e.get("subject", f"entry {i}"), f"datalist entry has no {key!r} path")
-    fingerprint = _fingerprint(entries, patch_size, patch_spacing_mm, padding)
+    fingerprint = _fingerprint(entries, patch_size, patch_spacing_mm, padding) if cache_path is not None else ""
     if cache_path is not None and Path(cache_path).is_file():
         try:
             bank, stored = PatchBank.load(cache_path)
@@ -159,35 +168,29 @@ def build_patch_bank(
         except DataError:
             pass  # an unreadable or stale cache is rebuilt below
 
-    scaler = ScaleIntensityMR()
-    extractor = ExtractDiskPatches(patch_size, patch_spacing_mm, padding=padding, intensity="minmax")
-    items, subjects = [], []
+    chain = transform if transform is not None else disk_patch_chain(patch_size, patch_spacing_mm, padding)
+    items = []
     for e in tqdm(entries, desc="disk patches", unit="subject", disable=not progress):
-        image, meta = read_image(e["image"])
-        doc = read_contours_json(e["contours"], image_shape=image.shape)
-        if not np.allclose(doc["spacing_mm"], meta["spacing_mm"], rtol=1e-3):
-            raise DataError(
-                e["contours"], f"spacing_mm {doc['spacing_mm']} disagrees with the image's {meta['spacing_mm']} ({e['image']})"
-            )
-        scaled = np.asarray(scaler(image[None]), dtype=np.float32)
-        contours = np.stack([d["points_px"] for d in doc["disks"]])
-        levels = [d["level"] for d in doc["disks"]]
-        patches = extractor(scaled, contours, meta["spacing_mm"], levels)
-        items.extend(patches)
-        subjects.extend([str(e.get("subject", doc["subject"]))] * len(patches))
-
+        try:
+            items.extend(chain(dict(e)))
+        except RuntimeError as err:  # MONAI's Compose wraps errors as "applying transform ...": show ours
+            cause = project_data_error(err)
+            if cause is None:
+                raise
+            raise cause from None
     bank = PatchBank(
-        images=np.stack([p["image"] for p in items]).astype(np.float32),
-        points=np.stack([p["points"] for p in items]).astype(np.float32),
-        masks=np.stack([p["mask"] for p in items]).astype(np.uint8),
-        levels=[p["level"] for p in items],
-        subjects=subjects,
+        images=np.stack([np.asarray(p["image"]) for p in items]).astype(np.float32),
+        points=np.stack([np.asarray(p["points"]) for p in items]).astype(np.float32),
+        masks=np.stack([np.asarray(p["mask"]) for p in items]).astype(np.uint8),
+        levels=[str(p["level"]) for p in items],
+        subjects=[str(p["subject"]) for p in items],
         centres=np.stack([p["centre_px"] for p in items]).astype(np.float32),
         scales=np.stack([p["scale"] for p in items]).astype(np.float32),
         patch_size=int(patch_size),
         patch_spacing_mm=float(patch_spacing_mm),
     )
     if cache_path is not None:
+        Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
         bank.save(cache_path, fingerprint)
     return bank
 
@@ -196,7 +199,7 @@ class DiskPatchDataset(Dataset):
     """The real disk patches of one datalist split (validation, test, attack evaluation).
 
     `cache=True` keeps the bank in `<cache_dir>/patches_<split>_<S>px_<spacing>mm.npz`, by default
-    `cache_dir = <datalist folder>/.cache`. Attributes: datalist_path, split, patch_size, patch_spacing_mm,
+    `cache_dir = <datalist folder>/.cache`. `transform`: the preprocessing chain (`build_patch_bank`). Attributes: datalist_path, split, patch_size, patch_spacing_mm,
     bank (`PatchBank`).
     Items: see the module docstring.
     """
@@ -210,6 +213,7 @@ class DiskPatchDataset(Dataset):
         cache: bool = False,
         cache_dir: str | Path | None = None,
         progress: bool = False,
+        transform=None,
     ):
         datalist_path = Path(datalist_path)
         entries = load_datalist(datalist_path, split)
@@ -222,7 +226,8 @@ class DiskPatchDataset(Dataset):
         self.split = split
         self.patch_size = int(patch_size)
         self.patch_spacing_mm = float(patch_spacing_mm)
-        self.bank = build_patch_bank(entries, patch_size, patch_spacing_mm, progress=progress, cache_path=cache_path)
+        self.bank = build_patch_bank(entries, patch_size, patch_spacing_mm, progress=progress, cache_path=cache_path,
+                                     transform=transform)
 
     def __len__(self) -> int:
         return len(self.bank)
@@ -237,9 +242,9 @@ class ShapeAugmentedDataset(Dataset):
     """A fresh set of shape-augmented patches every epoch (the paper's training stream).
 
     Sample i of epoch e is a pure function of (seed, e, i): its generator is
-    `numpy.random.default_rng([seed, e, i])`, which picks a bank patch, draws c_k ~ U[-c_max, c_max] over
-    `n_modes` PCA modes (placement rule in `diskrobust.transforms.shape_augment`) and the patch is TPS-warped
-    onto the new shape. Call `set_epoch(e)` before each epoch; with DataLoader workers use
+    `numpy.random.default_rng([seed, e, i])`, which picks a bank patch and then drives `RandShapeAugmentd`
+    (`augment`): c_k ~ U[-c_max, c_max] over `n_modes` PCA modes (placement rule in
+    `diskrobust.transforms.shape_augment`), the patch TPS-warped onto the new shape. Call `set_epoch(e)` before each epoch; with DataLoader workers use
     persistent_workers=False so every epoch's workers copy the updated epoch.
     """
 
@@ -268,6 +273,8 @@ class ShapeAugmentedDataset(Dataset):
         self.c_max, self.seed = float(c_max), int(seed)
         self.border_points, self.grid_stride, self.margin = border_points, grid_stride, margin
         self.contour_stride = contour_stride
+        self.augment = RandShapeAugmentd(pca, n_modes, c_max=c_max, border_points=border_points, grid_stride=grid_stride,
+                                         margin=margin, contour_stride=contour_stride)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -292,12 +299,15 @@ class ShapeAugmentedDataset(Dataset):
         return source, new_points
 
     def __getitem__(self, index: int) -> dict:
-        source, new_points = self.draw(index)
-        image, points, mask = augment_patch(
-            self.bank.images[source], self.bank.points[source], new_points,
-            self.border_points, self.grid_stride, self.contour_stride,
-        )
-        return {"image": image, "points": torch.from_numpy(points), "mask": mask, **self.bank.metadata(source)}
+        if not 0 <= index < self.samples_per_epoch:
+            raise IndexError(f"index {index} out of range for {self.samples_per_epoch} samples")
+        rng = self.generator(index)
+        source = int(rng.integers(len(self.bank)))
+        item = self.bank.item(source)
+        item["points"] = item["points"].numpy()
+        out = self.augment(item, generator=rng)
+        out["points"] = torch.from_numpy(out["points"])
+        return out
 
     def batch(self, indices, device: torch.device | str | None = None) -> dict:
         """Samples `indices` of the current epoch as one collated batch, warped together on `device`.
@@ -328,3 +338,53 @@ class ShapeAugmentedDataset(Dataset):
             "subject": [self.bank.subjects[j] for j in sources],
             "level": [self.bank.levels[j] for j in sources],
         }
+
+
+# --------------------------------------------------------------------------------------------------
+# the dataset folder, and inference items
+
+
+def ensure_dataset(dataset_dir: str | Path, phantom_subjects: int, seed: int) -> str:
+    """Path of `dataset_dir`/datalist.json; generates the seeded phantom there first when the folder is missing
+    or empty (the bundles' `initialize`). A folder with other files but no datalist.json is refused
+    (DataError), so user data is never mixed with a phantom. Under torchrun rank 0 writes, the others wait."""
+    from diskrobust import distributed
+    from diskrobust.data.phantom import ensure_phantom
+
+    folder = Path(dataset_dir).expanduser().resolve()
+    if not distributed.is_main_process():
+        distributed.barrier()  # rank 0 writes the phantom; the others wait instead of writing the same files
+        datalist = folder / "datalist.json"
+        if not datalist.is_file():
+            raise DataError(folder, "rank 0 did not produce datalist.json (see its log)")
+        return str(datalist)
+    try:
+        return str(ensure_phantom(folder, subjects=int(phantom_subjects), seed=int(seed)))
+    finally:
+        distributed.barrier()
+
+
+def inference_items(input_image, input_disks="") -> list[dict]:
+    """Dataset items for inference.json: [{"image": path, "disks": path or ""}, ...].
+
+    input_image: one NIfTI path or a list of them; input_disks: a JSON of disk centres or a contour
+    JSON ("" = each image already is one S x S disk patch). With several images, input_disks may be
+    a matching list.
+    """
+    images = [input_image] if isinstance(input_image, (str, Path)) else list(input_image)
+    if not images or not all(str(i) for i in images):
+        raise ValueError("inference needs input_image: a NIfTI image (or patch) path, e.g. --input_image img.nii.gz")
+    disks = [input_disks] * len(images) if isinstance(input_disks, (str, Path)) else list(input_disks)
+    if len(disks) != len(images):
+        raise ValueError(f"{len(images)} input images but {len(disks)} disk files")
+    return [{"image": str(i), "disks": str(d or "")} for i, d in zip(images, disks)]
+
+
+def collate_patches(batch: Sequence):
+    """DataLoader collate_fn for inference: items are patch dicts or lists of them (one per disk); flattens both."""
+    from monai.data import list_data_collate
+
+    flat: list = []
+    for item in batch:
+        flat.extend(item if isinstance(item, list) else [item])
+    return list_data_collate(flat)
