@@ -244,7 +244,10 @@ def test_false_means_false_and_the_lock_refuses_a_second_run(bundle, checkpoint,
     second = _workflow(bundle, **_common(checkpoint, phantom, out))
     with pytest.raises(Exception) as info:
         second.initialize()
-    assert isinstance(_root_cause(info.value), DataError) and "in use by another run (pid" in str(_root_cause(info.value))
+    from diskrobust.bundle_checks import project_error
+
+    err = project_error(info.value)  # the DataError the error printer shows last
+    assert isinstance(err, DataError) and "in use by another run (pid" in str(err)
     wf.run()
     wf.finalize()
     assert {r["sweep"] for r in csv.DictReader(open(out / "per_sample.csv"))} == {"clean"}
@@ -263,13 +266,13 @@ def _bundle_failure(args, cwd) -> tuple[int, list[str]]:
 def test_misspelt_override_is_refused_before_any_work(bundle, repo_root, tmp_path):
     out = tmp_path / "eval"
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "evaluate.json"),
-            "--output_dir", str(out), "--profle", "paper", "--ind#stesp=8", "--tensorboard", "maybe", "--network_def#width", "8"]
+            "--output_dir", str(out), "--profle", "paper", "--ind#stesp=8", "--tensorboard", "maybe", "--sweep_overrides", "{}"]
     rc, lines = _bundle_failure(args, repo_root)
     assert rc != 0
     last = "\n".join(lines[-3:])
     assert "unknown setting 'profle' (closest: 'profile'" in last, "\n".join(lines[-30:])
     assert "unknown setting 'ind#stesp' (closest: 'ind#steps'" in last
-    assert "'network_def#width' is no longer a setting: the network is built from the model file" in last
+    assert "'sweep_overrides' is no longer a setting: give each setting as an id" in last
     assert "'tensorboard' expects true or false, got 'maybe'" in last
     assert any(line.startswith("Traceback") for line in lines)  # the details stay available above it
     assert not out.exists()  # refused before any work: no phantom, no output folder
