@@ -70,7 +70,11 @@ def main() -> None:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
            str(REPO / "bundles/lumbar_disk_attack/configs/evaluate.json"), "--ckpt_path", str(ckpt),
            "--dataset_dir", str(args.workdir / "phantom"), "--output_dir", str(out), "--width", str(args.width),
-           "--profile", args.profile, "--device", "cpu"]
+           # a plain state_dict: its geometry is stated (the bundle's default patches, 128 px at 0.5 mm)
+           "--patch_size", "128", "--patch_spacing_mm", "0.5", "--device", "cpu"]
+    if args.profile != "cpu-quick":  # a profile is an override file after evaluate.json
+        cmd[cmd.index("--config_file") + 1] = repr([cmd[cmd.index("--config_file") + 1],
+                                                    str(REPO / f"bundles/lumbar_disk_attack/configs/profiles/{args.profile}.json")])
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO)
     wall = time.perf_counter() - t0

@@ -9,7 +9,7 @@ from torch import nn
 
 from diskrobust.data.contours import polygon_fill_torch
 from diskrobust.robustness.baselines import baseline_markdown, mean_shape, mean_shape_rows, uniform_noise_rows
-from diskrobust.study.results import ROW_COLUMNS, aggregate
+from diskrobust.robustness.results import ROW_COLUMNS, aggregate
 
 
 def _circle(n=176, r=8.0, c=(16.0, 16.0)):

@@ -1,8 +1,8 @@
 """The robustness evaluation bundle bundles/lumbar_disk_attack end to end.
 
 A 3-subject phantom and a DiskShapeNet (width 8, 64 px patches at 1 mm/px) trained for a few dozen
-steps stand in for the training bundle's output; the bundle runs with tiny sweep overrides through
-`python -m monai.bundle run`, as a user runs it.
+steps stand in for the training bundle's output (a model file with its description); the bundle runs
+with tiny `#` overrides through `python -m monai.bundle run`, as a user runs it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diskrobust.data.errors import DataError
+from diskrobust.data.errors import ConfigError, DataError
 from diskrobust.networks import DiskShapeNet
 
 pytestmark = pytest.mark.slow
@@ -26,8 +26,8 @@ PATCH = 64
 SPACING = 1.0
 WIDTH = 8
 TINY = {"num_samples": 3, "batch_size": 3, "tensorboard_images": 1,
-        "ind": {"steps": 2, "eps": {"linf": [0.05, 0.2]}, "heads": ["points", "both"]},
-        "ood": {"steps": 3, "starts": ["box_noise", "natural"], "num_samples": 2}}
+        "ind#steps": 2, "ind#eps#linf": [0.05, 0.2], "ind#heads": ["points", "both"],
+        "ood#steps": 3, "ood#starts": ["box_noise", "natural"], "ood#num_samples": 2}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,8 @@ def phantom(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(phantom, tmp_path_factory) -> Path:
-    """models/model.pt as the training bundle writes it: a plain state_dict of a (briefly) trained DiskShapeNet."""
+    """(model file with its description, as the training bundle writes models/model.pt; the same weights as a
+    plain state_dict) of a briefly trained DiskShapeNet."""
     from diskrobust.datasets import DiskPatchDataset
     from diskrobust.losses import DiskShapeLoss
 
@@ -67,17 +68,22 @@ def checkpoint(phantom, tmp_path_factory) -> Path:
             opt.step()
     finally:
         torch.set_num_threads(threads)
-    path = tmp_path_factory.mktemp("attack_ckpt") / "model.pt"
-    torch.save(net.state_dict(), path)
-    return path
+    from diskrobust.checkpoints import describe_model, save_model
+
+    folder = tmp_path_factory.mktemp("attack_ckpt")
+    save_model(folder / "model.pt", net, describe_model(net, patch_size=PATCH, patch_spacing_mm=SPACING))
+    torch.save(net.state_dict(), folder / "plain_state_dict.pt")
+    return folder / "model.pt"
 
 
 def _cli_args(bundle, checkpoint, phantom, out, sweep=TINY, run_id=None) -> list[str]:
     args = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else [])
-    return args + ["--config_file", str(bundle / "configs" / "evaluate.json"), "--ckpt_path", str(checkpoint),
-                   "--dataset_dir", str(phantom), "--phantom_subjects", "3", "--output_dir", str(out),
-                   "--patch_size", str(PATCH), "--patch_spacing_mm", str(SPACING), "--width", str(WIDTH),
-                   "--device", "cpu", "--progress", "false", "--sweep_overrides", repr(sweep)]
+    args += ["--config_file", str(bundle / "configs" / "evaluate.json"), "--ckpt_path", str(checkpoint),
+             "--dataset_dir", str(phantom), "--phantom_subjects", "3", "--output_dir", str(out),
+             "--device", "cpu", "--progress", "false"]
+    for key, value in sweep.items():  # both spellings fire accepts
+        args += [f"--{key}={value!r}"] if key.startswith("ood") else [f"--{key}", repr(value)]
+    return args
 
 
 def _run(args, cwd) -> subprocess.CompletedProcess:
@@ -119,7 +125,9 @@ def test_bundle_run_writes_results_and_resumes(bundle, checkpoint, phantom, tmp_
     assert len(rows) == 3 + 12 + 8
     assert {r["subject"] for r in rows} <= {e["subject"] for e in json.loads((phantom / "datalist.json").read_text())["test"]}
     assert {r["sweep"] for r in rows} == {"clean", "ind", "ood"}
-    assert {float(r["eps"]) for r in rows if r["sweep"] == "ood"} == {0.0, 40.0}  # cpu-quick's budget
+    # cpu-quick's OOD budget is RMS 0.05 per pixel: an L2 radius of 0.05 * 64 = 3.2 on 64 x 64 patches
+    assert sorted({round(float(r["eps"]), 6) for r in rows if r["sweep"] == "ood"}) == [0.0, 3.2]
+    assert {float(r["eps_rms"]) for r in rows if r["sweep"] == "ood"} == {0.0, 0.05}
     err_px = [float(r["point_error_px"]) for r in rows]
     assert all(abs(float(r["point_error_mm"]) - e * SPACING) < 1e-4 for r, e in zip(rows, err_px))
 
@@ -129,11 +137,15 @@ def test_bundle_run_writes_results_and_resumes(bundle, checkpoint, phantom, tmp_
     assert heads == {("ind", "linf", "points"), ("ind", "linf", "both"), ("ood", "box_noise", "both"),
                      ("ood", "natural", "both")}
     report = (out / "report.md").read_text()
-    assert "# Robustness evaluation (cpu-quick profile)" in report and str(checkpoint) in report
+    assert "# Robustness evaluation (profile `cpu-quick`)" in report and str(checkpoint) in report
+    # the header says what ran (2 PGD steps here), not what the profile's prose says
+    assert "IND: PGD, 2 steps" in report and "OOD: starts box_noise, natural; budget per pixel (RMS) 0.05 (L2 3.2)" in report
+    assert "### Mean point distance (mm)" not in report  # 1 mm/px: the px tables say it all
     assert "| eps 0 | eps 0.05 | eps 0.2 | AUC |" in report
     assert (out / "plots" / "ind_linf.png").is_file() and (out / "plots" / "ood.png").is_file()
     info = json.loads((out / "config.json").read_text())
     assert info["checkpoint"] == str(checkpoint) and info["network_params"]["width"] == WIDTH
+    assert info["patch"] == {"size": PATCH, "spacing_mm": SPACING}  # from the model file, not the bundle defaults
     assert info["sweep"]["ind"]["steps"] == 2 and info["sweep"]["ood"]["steps"] == 3
     assert info["environment"]["diskrobust"] and info["environment"]["torch"]
 
@@ -142,8 +154,9 @@ def test_bundle_run_writes_results_and_resumes(bundle, checkpoint, phantom, tmp_
     assert [e.step for e in acc.Scalars("ind/linf/both/point_error_px_mean")] == [0, 50, 200]
     images = acc.Tags()["images"]
     assert any(t.startswith("ind/linf/points/eps0.050/s000/perturbation_x") for t in images)
-    assert "ood/natural/both/eps40.000/s000/contours" in images
-    shot = acc.Images("ood/natural/both/eps40.000/s000/attacked")[0]
+    assert "ood/natural/both/eps3.200/s000/contours" in images
+    assert "summary/plots/ind_linf" in images and "legend/ood/text_summary" in acc.Tags()["tensors"]
+    shot = acc.Images("ood/natural/both/eps3.200/s000/attacked")[0]
     assert (shot.width, shot.height) == (PATCH, PATCH)
 
     # the run id "evaluating" on the same output folder reuses every finished unit
@@ -181,37 +194,65 @@ def _init_error(bundle, **overrides) -> BaseException:
 
 def _common(checkpoint, phantom, out):
     return {"ckpt_path": str(checkpoint), "dataset_dir": str(phantom), "output_dir": str(out), "device": "cpu",
-            "patch_size": PATCH, "patch_spacing_mm": SPACING, "width": WIDTH, "progress": False,
-            "phantom_subjects": 3, "sweep_overrides": TINY}
+            "progress": False, "phantom_subjects": 3, **TINY}
 
 
 def test_bad_inputs_fail_before_any_work(bundle, checkpoint, phantom, tmp_path):
     out = tmp_path / "eval"
 
-    err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "width": 16})
+    # the demo's slip: a 64 px / 1 mm model evaluated at other patches is refused, naming both values
+    err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "patch_size": 128, "patch_spacing_mm": 0.5})
     assert isinstance(err, DataError) and str(checkpoint) in str(err)
-    assert "does not match the network" in str(err) and "checkpoint (8, 1, 3, 3) vs network (16, 1, 3, 3)" in str(err)
-
-    err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "network_def#seg_head": False})
-    assert isinstance(err, DataError) and "unexpected key" in str(err) and "decoder" in str(err)
+    assert "patch_size 64, but patch_size 128 was asked for" in str(err)
+    assert "patch_spacing_mm 1.0, but patch_spacing_mm 0.5 was asked for" in str(err)
+    err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "width": 16})
+    assert "width 8, but width 16 was asked for" in str(err)
+    # a plain state_dict has no description: only --width is not enough, the geometry must be stated
+    plain = checkpoint.parent / "plain_state_dict.pt"
+    err = _init_error(bundle, **{**_common(plain, phantom, out), "width": WIDTH})
+    assert isinstance(err, DataError) and "--patch_size, --patch_spacing_mm" in str(err)
 
     empty = tmp_path / "empty_datalist.json"
     empty.write_text(json.dumps({"training": [], "validation": [], "test": []}))
     err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "datalist": str(empty)})
     assert isinstance(err, DataError) and str(empty) in str(err) and "empty" in str(err)
 
-    cases = [({"ind": {"eps": {"linf": [0.05, -0.1]}}}, "ind.eps.linf"),
-             ({"ind": {"eps": {"linf": [0.1, 0.05]}}}, "sorted ascending"),
-             ({"ind": {"attacks": ["linf", "deepfool"]}}, "unknown attack name(s) ['deepfool']"),
-             ({"ood": {"starts": ["xray"]}}, "unknown OOD start image name(s) ['xray']")]
+    cases = [({"ind#eps#linf": [0.05, -0.1]}, "ind#eps#linf: must satisfy 0 < ind#eps#linf <= 1"),
+             ({"ind#eps#linf": [0.05, 5.0]}, "ind#eps#linf: must satisfy 0 < ind#eps#linf <= 1, got 5.0"),
+             ({"ind#steps": 0}, "ind#steps: must satisfy 1 <= ind#steps"),
+             ({"ind#eps#linf": [0.1, 0.05]}, "sorted ascending"),
+             ({"ind#attacks": ["linf", "deepfool"]}, "unknown attack name(s) ['deepfool']"),
+             ({"ood#starts": ["xray"]}, "unknown OOD start image name(s) ['xray']"),
+             ({"ood#enabled": "maybe"}, "ood#enabled: expected true or false")]
     for override, expected in cases:
-        err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "sweep_overrides": override})
-        assert expected in str(err), str(err)
-        assert "cpu-quick.json" in str(err)
-
-    err = _init_error(bundle, **{**_common(checkpoint, phantom, out), "profile": "nightly"})
-    assert "nightly.json" in str(err) and "cpu-quick" in str(err)
+        err = _init_error(bundle, **{**_common(checkpoint, phantom, out), **override})
+        assert isinstance(err, ConfigError) and expected in str(err), str(err)
     assert not out.exists()  # nothing was computed or written
+
+
+def test_false_means_false_and_the_lock_refuses_a_second_run(bundle, checkpoint, phantom, tmp_path):
+    from diskrobust.run_lock import RunLock, RunLockedError
+
+    out = tmp_path / "eval"
+    wf = _workflow(bundle, **{**_common(checkpoint, phantom, out), "ood#enabled": "false", "ind#enabled": "false",
+                              "tensorboard": "false"})
+    wf.initialize()
+    evaluation = wf.parser.get_parsed_content("evaluation")
+    assert evaluation.config.ood.enabled is False and evaluation.tensorboard is False
+    with pytest.raises(RunLockedError, match="in use by another run"):
+        RunLock(out).acquire()  # held by the evaluation until finalize
+    second = _workflow(bundle, **_common(checkpoint, phantom, out))
+    with pytest.raises(Exception) as info:
+        second.initialize()
+    from diskrobust.bundle_checks import project_error
+
+    err = project_error(info.value)  # the DataError the error printer shows last
+    assert isinstance(err, DataError) and "in use by another run (pid" in str(err)
+    wf.run()
+    wf.finalize()
+    assert {r["sweep"] for r in csv.DictReader(open(out / "per_sample.csv"))} == {"clean"}
+    assert not (out / "tensorboard").exists()
+    RunLock(out).acquire().release()
 
 
 def _bundle_failure(args, cwd) -> tuple[int, list[str]]:
@@ -225,12 +266,13 @@ def _bundle_failure(args, cwd) -> tuple[int, list[str]]:
 def test_misspelt_override_is_refused_before_any_work(bundle, repo_root, tmp_path):
     out = tmp_path / "eval"
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "evaluate.json"),
-            "--output_dir", str(out), "--profle", "paper", "--network_def#widht=8", "--tensorboard", "maybe"]
+            "--output_dir", str(out), "--profle", "paper", "--ind#stesp=8", "--tensorboard", "maybe", "--sweep_overrides", "{}"]
     rc, lines = _bundle_failure(args, repo_root)
     assert rc != 0
     last = "\n".join(lines[-3:])
     assert "unknown setting 'profle' (closest: 'profile'" in last, "\n".join(lines[-30:])
-    assert "unknown setting 'network_def#widht' (closest: 'network_def#width'" in last
+    assert "unknown setting 'ind#stesp' (closest: 'ind#steps'" in last
+    assert "'sweep_overrides' is no longer a setting: give each setting as an id" in last
     assert "'tensorboard' expects true or false, got 'maybe'" in last
     assert any(line.startswith("Traceback") for line in lines)  # the details stay available above it
     assert not out.exists()  # refused before any work: no phantom, no output folder

@@ -102,7 +102,7 @@ def test_retired_settings_and_run_ids_are_explained():
 
 def test_check_command_line_reads_real_config_files(repo_root, monkeypatch):
     evaluate = str(repo_root / "bundles" / "lumbar_disk_attack" / "configs" / "evaluate.json")
-    argv = [sys.executable, "run", "--config_file", evaluate, "--output_dir", "/tmp/x", "--network_def#width", "8"]
+    argv = [sys.executable, "run", "--config_file", evaluate, "--output_dir", "/tmp/x", "--width", "8", "--ind#steps=3"]
     bc.check_command_line(argv)
     with pytest.raises(ConfigError, match=r"evaluate\.json: .*unknown setting 'output_dri' \(closest: 'output_dir'"):
         bc.check_command_line(argv + ["--output_dri", "/tmp/y"])

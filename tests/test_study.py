@@ -15,7 +15,7 @@ import pytest
 from diskrobust.data.errors import DataError
 from diskrobust.study.grid import Arm, load_study_config
 from diskrobust.study.report import ind_table, ood_table
-from diskrobust.study.results import aggregate
+from diskrobust.robustness.results import aggregate
 from diskrobust.study.runner import ordered_arms, run_study
 
 

@@ -1,4 +1,4 @@
-"""The robustness sweep engine (diskrobust.study.sweep), its result files and TensorBoard output.
+"""The robustness sweep engine (diskrobust.robustness), its result files and TensorBoard output.
 
 A tiny DiskShapeNet (32 px patches, width 4) is trained for a few dozen steps on synthetic
 ellipse "disks", so the attacks act on a network that has learnt something: PGD must raise its
@@ -18,10 +18,13 @@ import torch
 
 from diskrobust.attacks import PGD
 from diskrobust.data.contours import polygon_fill_torch
-from diskrobust.data.errors import DataError
+from diskrobust.data.errors import ConfigError, DataError
 from diskrobust.losses import DiskShapeLoss
 from diskrobust.networks import DiskShapeNet
-from diskrobust.study import results, sweep
+from diskrobust.robustness import config as sweep_config
+from diskrobust.robustness import results
+from diskrobust.robustness.engine import run_robustness_sweep
+from diskrobust.robustness.workflow import load_sweep_config
 
 SIZE = 32
 
@@ -72,7 +75,7 @@ def data_and_model():
 def small_config(**over) -> dict:
     cfg = {"num_samples": 6, "batch_size": 6, "tensorboard_images": 2, "tolerance_px": 1.5,
            "ind": {"attacks": ["linf"], "eps": {"linf": [0.05, 0.2]}, "heads": ["points", "seg"], "steps": 4},
-           "ood": {"starts": ["uniform_noise", "natural"], "eps": [12.0], "steps": 15, "num_samples": 3}}
+           "ood": {"starts": ["uniform_noise", "natural"], "eps_rms": [0.375], "steps": 15, "num_samples": 3}}
     for k, v in over.items():
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
     return cfg
@@ -82,41 +85,63 @@ def small_config(**over) -> dict:
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"ind": {"eps": {"linf": [0.01, -0.03]}}}, r"ind\.eps\.linf.*>"),
+    ({"ind": {"eps": {"linf": [0.01, -0.03]}}}, r"ind#eps#linf: must satisfy 0 < ind#eps#linf <= 1"),
+    ({"ind": {"eps": {"linf": [0.05, 5.0]}}}, r"ind#eps#linf: must satisfy 0 < ind#eps#linf <= 1, got 5"),
+    ({"ind": {"eps": {"linf": [0.0, 0.1]}}}, r"ind#eps#linf: must satisfy 0 <"),
     ({"ind": {"eps": {"linf": [0.05, 0.03]}}}, r"sorted ascending"),
     ({"ind": {"eps": {"linf": [0.03, 0.03]}}}, r"sorted ascending without repeats"),
     ({"ind": {"eps": {"linf": []}}}, r"non-empty"),
+    ({"ind": {"eps": {"l2": [0.5, 16.0]}, "attacks": ["l2"]}}, r"ind#eps#l2: must satisfy 0 < ind#eps#l2 <= 1, got 16"),
     ({"ind": {"attacks": ["fgsm"]}}, r"unknown attack name.*fgsm"),
     ({"ind": {"eps": {"linf": [0.1], "cw": [1.0]}}}, r"unknown attack name.*cw"),
     ({"ind": {"heads": ["points", "decoder"]}}, r"unknown head name.*decoder"),
     ({"ood": {"starts": ["ct_scan"]}}, r"unknown OOD start image name.*ct_scan"),
-    ({"ood": {"eps": [40.0, 20.0]}}, r"ood\.eps.*sorted"),
-    ({"ind": {"steps": 0}}, r"ind\.steps must be an integer >= 1"),
-    ({"ind": {"update": "momentum"}}, r"ind\.update"),
+    ({"ood": {"eps_rms": [0.4, 0.2]}}, r"ood#eps_rms.*sorted"),
+    ({"ood": {"eps_rms": [40.0]}}, r"ood#eps_rms: must satisfy 0 < ood#eps_rms <= 1"),
+    ({"ood": {"eps": [40.0]}}, r"ood#eps: is no longer a setting: the OOD budget is per pixel now"),
+    ({"ind": {"steps": 0}}, r"ind#steps: must satisfy 1 <= ind#steps"),
+    ({"ood": {"steps": 0}}, r"ood#steps: must satisfy 1 <= ood#steps"),
+    ({"ind": {"steps": 2.5}}, r"ind#steps: expected an integer"),
+    ({"ind": {"update": "momentum"}}, r"ind#update"),
+    ({"ood": {"enabled": "maybe"}}, r"ood#enabled: expected true or false"),
     ({"tolerance_px": -1}, r"tolerance_px"),
     ({"epsilon": [0.1]}, r"unknown setting.*epsilon"),
+    ({"ind": {"stesp": 5}}, r"unknown setting.*'ind#stesp' \(closest: 'ind#steps'"),
 ])
 def test_bad_sweep_settings_are_refused(bad, match):
-    with pytest.raises(ValueError, match=match):
-        sweep.SweepConfig.from_dict(small_config(**bad))
+    with pytest.raises(ConfigError, match=match):
+        sweep_config.SweepConfig.from_dict(small_config(**bad))
+
+
+def test_booleans_are_read_strictly():
+    # the string "false" from a command line is false, not a non-empty (true) string
+    cfg = sweep_config.SweepConfig.from_dict(small_config(ood={"enabled": "false"}, ind={"random_start": "False"}))
+    assert cfg.ood.enabled is False and cfg.ind.random_start is False
 
 
 def test_profiles_load_and_overrides_merge(repo_root):
-    profiles = repo_root / "bundles" / "lumbar_disk_attack" / "configs" / "profiles"
-    quick = sweep.load_profile("cpu-quick", profiles)
-    paper = sweep.load_profile("paper", profiles)
-    assert quick.profile == "cpu-quick" and paper.profile == "paper"
-    # the paper's evaluation protocol
+    configs = repo_root / "bundles" / "lumbar_disk_attack" / "configs"
+    evaluate, paper_file = configs / "evaluate.json", configs / "profiles" / "paper.json"
+    quick = load_sweep_config(evaluate)
+    named = load_sweep_config(evaluate, configs / "profiles" / "cpu-quick.json")
+    paper = load_sweep_config(evaluate, paper_file)
+    assert quick.profile == named.profile == "cpu-quick" and paper.profile == "paper"
+    assert named.to_dict() == quick.to_dict()
+    # the paper's evaluation protocol; its OOD L2 of 40 at 128 x 128 is an RMS of 0.3125 per pixel
     assert paper.ind.eps["linf"] == [0.01, 0.03, 0.05, 0.07, 0.1, 0.2]
     assert (paper.ind.steps, paper.ind.step_ratio, paper.ind.update, paper.ind.random_start) == (100, 0.2, "adamax", True)
-    assert (paper.ood.eps, paper.ood.steps, paper.ood.lr, paper.ood.optimizer) == ([40.0], 4000, 0.01, "adamax")
+    assert (paper.ood.eps_rms, paper.ood.steps, paper.ood.lr, paper.ood.optimizer) == ([0.3125], 4000, 0.01, "adamax")
+    assert sweep_config.absolute_l2(paper.ood.eps_rms[0], (128, 128)) == 40.0
+    assert paper.num_samples is None and paper.ind.heads == quick.ind.heads
     assert quick.ind.steps <= 20 and quick.ood.steps <= 200 and quick.num_samples <= 16
-    merged = sweep.load_profile("cpu-quick", profiles, {"ind": {"steps": 3, "eps": {"linf": [0.1]}}})
+    # the quick default keeps the start image visible: RMS 0.05 is a tenth of a [0, 1] image's range
+    assert quick.ood.eps_rms == [0.05]
+    merged = load_sweep_config(evaluate, overrides={"ind#steps": 3, "ind#eps#linf": [0.1]})
     assert merged.ind.steps == 3 and merged.ind.eps["linf"] == [0.1] and merged.ind.heads == quick.ind.heads
-    with pytest.raises(DataError, match="known profiles"):
-        sweep.load_profile("gpu-huge", profiles)
-    with pytest.raises(DataError, match=r"cpu-quick\.json.*unsorted|cpu-quick\.json.*sorted"):
-        sweep.load_profile("cpu-quick", profiles, {"ind": {"eps": {"linf": [0.2, 0.1]}}})
+    with pytest.raises(ConfigError, match=r"unknown setting 'ind#stesp' \(closest: 'ind#steps'"):
+        load_sweep_config(evaluate, overrides={"ind#stesp": 3})
+    with pytest.raises(ConfigError, match=r"evaluate\.json: ind#eps#linf: must be sorted"):
+        load_sweep_config(evaluate, overrides={"ind#eps#linf": [0.2, 0.1]})
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -142,7 +167,19 @@ def test_aggregate_auc_tolerance_and_tables():
     report = results.markdown_report(agg, ["# title"])
     assert "| linf | points | 2.00 (2.00 / 2.90) | 4.00 (4.00 / 5.80) | 6.00 (6.00 / 6.90) | 0.8000 |" in report
     assert "Fraction of samples with point error <= 2 px" in report
-    assert "segmentation head" not in report  # a metric no row has is left out
+    assert "### Dice of the segmentation head" not in report  # a metric no row has is left out
+    assert "### Mean point distance (mm)" in report  # spacing unknown: both tables
+    # at 1 mm/px the mm table repeats the px table: left out, and said so
+    at_1mm = results.markdown_report(agg, ["# title"], spacing_mm=1.0)
+    assert "### Mean point distance (mm)" not in at_1mm and "distances in mm equal those in px" in at_1mm
+    assert "### Mean point distance (mm)" in results.markdown_report(agg, ["# title"], spacing_mm=0.5)
+    # every per_sample.csv column is explained, NaN-by-design attack_loss included
+    for col in results.ROW_COLUMNS:
+        assert f"`{col}" in report or f", {col}`" in report or f" {col}," in report, col
+    assert "empty (nan) by design for clean rows and for OOD budget 0" in report
+    nan_row = [row("clean", 0.0, float("nan"), "none", "none"), row("ind", 0.1, float("nan"))]
+    nan_report = results.markdown_report(results.aggregate(nan_row, 2.0))
+    assert "| linf | points | - | - | - |" in nan_report and "n/a" not in nan_report
 
 
 def test_csv_roundtrip_and_atomic_writes(tmp_path):
@@ -172,7 +209,7 @@ def test_sweep_results_and_tensorboard(tmp_path, data_and_model):
     items, net = data_and_model
     before = {k: v.clone() for k, v in net.state_dict().items()}
     out = tmp_path / "run"
-    res = sweep.run_robustness_sweep(net, items, small_config(), out, writer=out / "tb", progress=False)
+    res = run_robustness_sweep(net, items, small_config(), out, writer=out / "tb", progress=False)
     # the network is observed, never changed
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
@@ -236,6 +273,37 @@ def test_sweep_results_and_tensorboard(tmp_path, data_and_model):
     img = acc.Images("ind/linf/points/eps0.200/s000/contours")[0]
     assert (img.width, img.height, img.step) == (SIZE, SIZE, 200)
 
+    # results in forms TensorBoard's smoothing cannot bend: the curves as images, the tables as text
+    for name in ("ind_linf", "ood"):
+        (shot,) = acc.Images(f"summary/plots/{name}")
+        assert shot.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and shot.width == 1500
+    texts = {tag: acc.Tensors(tag)[0].tensor_proto.string_val[0].decode() for tag in acc.Tags()["tensors"]}
+    assert texts["summary/report/text_summary"] == report
+    assert "smoothing" in texts["summary/how_to_read/text_summary"]
+    # captions of the image panels: the colours and the perturbation scale
+    assert "green = true contour" in texts["legend/ind/text_summary"]
+    assert "1 / max|change|" in texts["legend/ind/text_summary"]
+    assert "orange = the network's prediction on the attacked image" in texts["legend/ood/text_summary"]
+
+
+def test_changed_test_data_recomputes_units(tmp_path, data_and_model):
+    items, net = data_and_model
+    cfg = small_config(ind={"heads": ["points"], "eps": {"linf": [0.1]}, "steps": 2}, ood={"enabled": False})
+    cfg["tensorboard_images"] = 0
+    out = tmp_path / "run"
+    first = run_robustness_sweep(net, items, cfg, out, progress=False)
+    assert first["computed"] == ["clean", "ind/linf/points/eps0.100"]
+    assert run_robustness_sweep(net, items, cfg, out, progress=False)["reused"] == first["computed"]
+    # one pixel of one test patch changed: every unit is stale
+    changed = [dict(it) for it in items]
+    changed[2]["image"] = changed[2]["image"].clone()
+    changed[2]["image"][0, 5, 5] += 0.25
+    again = run_robustness_sweep(net, changed, cfg, out, progress=False)
+    assert again["computed"] == first["computed"] and again["reused"] == []
+    # relabelled data (same pixels, other subject names) is other data too
+    renamed = [{**it, "subject": "other-" + it["subject"]} for it in items]
+    assert run_robustness_sweep(net, renamed, cfg, out, progress=False)["reused"] == []
+
 
 class _Interrupt(Exception):
     pass
@@ -258,14 +326,14 @@ def test_interrupted_sweep_resumes_without_recomputing(tmp_path, data_and_model,
 
     monkeypatch.setattr(PGD, "forward", dying_forward)
     with pytest.raises(_Interrupt):
-        sweep.run_robustness_sweep(net, items, cfg, out, progress=False)
+        run_robustness_sweep(net, items, cfg, out, progress=False)
     monkeypatch.setattr(PGD, "forward", real_forward)
     done = sorted(p.relative_to(out / "units").as_posix() for p in (out / "units").rglob("*.json"))
     assert done == ["clean.json", "ind/linf/points/eps0.030.json", "ind/linf/points/eps0.100.json"]
     assert not list(out.rglob("*.tmp")) and not (out / "per_sample.csv").exists()
     mtimes = {p: (out / "units" / p).stat().st_mtime_ns for p in done}
 
-    res = sweep.run_robustness_sweep(net, items, cfg, out, progress=False)
+    res = run_robustness_sweep(net, items, cfg, out, progress=False)
     assert res["reused"] == ["clean", "ind/linf/points/eps0.030", "ind/linf/points/eps0.100"]
     assert res["computed"] == ["ind/linf/points/eps0.200", "ood/box_noise/both/eps0.000", "ood/box_noise/both/eps12.000"]
     assert all((out / "units" / p).stat().st_mtime_ns == t for p, t in mtimes.items())
@@ -275,43 +343,48 @@ def test_interrupted_sweep_resumes_without_recomputing(tmp_path, data_and_model,
     # a deleted unit file is recomputed, with the same numbers (its seed depends on its name only)
     first = json.loads((out / "units/ind/linf/points/eps0.100.json").read_text())["rows"]
     (out / "units/ind/linf/points/eps0.100.json").unlink()
-    res = sweep.run_robustness_sweep(net, items, cfg, out, progress=False)
+    res = run_robustness_sweep(net, items, cfg, out, progress=False)
     assert res["computed"] == ["ind/linf/points/eps0.100"]
     again = json.loads((out / "units/ind/linf/points/eps0.100.json").read_text())["rows"]
     assert [r["point_error_px"] for r in again] == pytest.approx([r["point_error_px"] for r in first])
 
     # changed settings or weights invalidate the cached units they affect
-    res = sweep.run_robustness_sweep(net, items, {**cfg, "ind": {**cfg["ind"], "steps": 3}}, out, progress=False)
+    res = run_robustness_sweep(net, items, {**cfg, "ind": {**cfg["ind"], "steps": 3}}, out, progress=False)
     assert sorted(res["computed"]) == ["ind/linf/points/eps0.030", "ind/linf/points/eps0.100", "ind/linf/points/eps0.200"]
     other = tiny_net()
-    res = sweep.run_robustness_sweep(other, items, cfg, out, progress=False)
+    res = run_robustness_sweep(other, items, cfg, out, progress=False)
     assert res["reused"] == []
-
-
-def test_checkpoint_mismatch_names_file_and_keys(tmp_path):
-    ckpt = tmp_path / "model.pt"
-    torch.save(tiny_net().state_dict(), ckpt)
-    loaded = sweep.load_network_checkpoint(tiny_net(), ckpt)
-    assert not loaded.training
-    wider = DiskShapeNet(spatial_size=SIZE, width=8, blocks=(1, 1), norm_groups=2)
-    with pytest.raises(DataError, match=r"model\.pt: does not match the network.*width=8.*shape mismatch.*"
-                                        r"checkpoint \(4, 1, 3, 3\) vs network \(8, 1, 3, 3\)"):
-        sweep.load_network_checkpoint(wider, ckpt)
-    no_seg = tiny_net(seg_head=False)
-    with pytest.raises(DataError, match=r"unexpected key.*decoder"):
-        sweep.load_network_checkpoint(no_seg, ckpt)
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match=r"junk\.pt: cannot be read"):
-        sweep.load_network_checkpoint(tiny_net(), tmp_path / "junk.pt")
-    with pytest.raises(DataError, match="not found"):
-        sweep.load_network_checkpoint(tiny_net(), tmp_path / "missing.pt")
 
 
 def test_heads_the_network_lacks_and_empty_data_are_refused(tmp_path, data_and_model):
     items, _ = data_and_model
     points_only = tiny_net(seg_head=False)
-    with pytest.raises(ValueError, match=r"ind\.heads: head 'seg' needs network output.*\['seg'\]"):
-        sweep.run_robustness_sweep(points_only, items, small_config(), tmp_path / "o", progress=False)
+    with pytest.raises(ValueError, match=r"ind#heads: head 'seg' needs network output.*\['seg'\]"):
+        run_robustness_sweep(points_only, items, small_config(), tmp_path / "o", progress=False)
     with pytest.raises(DataError, match="holds no disk patches"):
-        sweep.run_robustness_sweep(tiny_net(), [], small_config(), tmp_path / "o2", progress=False)
+        run_robustness_sweep(tiny_net(), [], small_config(), tmp_path / "o2", progress=False)
     assert not (tmp_path / "o" / "units").exists()
+
+
+def test_unit_fingerprint_covers_data_model_and_every_attack_parameter():
+    from diskrobust.robustness.units import plan_units, unit_fingerprint
+
+    base = {"model": "m0", "data": "d0", "seed": 0, "num_samples": 6, "batch_size": 6}
+
+    def prints(cfg_dict, b=base):
+        cfg = sweep_config.SweepConfig.from_dict(cfg_dict)
+        return {u.key: unit_fingerprint(b, u) for u in plan_units(cfg, (SIZE, SIZE)) if u.steps > 0}
+
+    ref = prints(small_config())
+    assert ref and all(k.startswith(("ind/", "ood/")) for k in ref)
+    for section, name, value in [("ind", "steps", 5), ("ind", "step_ratio", 0.3), ("ind", "update", "sign"),
+                                 ("ind", "random_start", False), ("ind", "restarts", 2), ("ind", "point_loss", "mae"),
+                                 ("ood", "steps", 7), ("ood", "lr", 0.02), ("ood", "optimizer", "sgd"),
+                                 ("ood", "random_start", False), ("ood", "num_samples", 2)]:
+        changed = prints(small_config(**{section: {name: value}}))
+        stale = [k for k in ref if k.startswith(section) and changed[k] == ref[k]]
+        assert not stale, f"{section}#{name} does not reach the fingerprint of {stale}"
+        assert all(changed[k] == ref[k] for k in ref if not k.startswith(section))
+    for key in ("model", "data", "seed", "batch_size"):
+        other = prints(small_config(), {**base, key: "x"})
+        assert all(other[k] != ref[k] for k in ref), key

@@ -39,6 +39,7 @@ __all__ = [
     "check_number",
     "BundleCommand",
     "parse_bundle_command",
+    "closest",
     "config_ids",
     "check_overrides",
     "check_command_line",
@@ -285,7 +286,7 @@ def _type_problem(cid: str, default: Any, value: Any, ids: Mapping[str, Any]) ->
     return None
 
 
-def _suggestions(key: str, candidates: Iterable[str]) -> list[str]:
+def closest(key: str, candidates: Iterable[str]) -> list[str]:
     candidates = sorted(set(candidates))
     found = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
     if "#" in key:  # a nested id: compare its last part with its siblings too (ind#stesp -> ind#steps)
@@ -329,7 +330,7 @@ def check_overrides(overrides: Mapping[str, Any], config: Mapping[str, Any], *, 
             parent = cid.rsplit("#", 1)[0] if "#" in cid else None
             if parent is not None and parent in ids and cid.rsplit("#", 1)[1] in _MONAI_SPECIAL_KEYS:
                 continue
-            near = _suggestions(cid, list(ids) + list(retired))
+            near = closest(cid, list(ids) + list(retired))
             hint = f"closest: {', '.join(repr(n) for n in near)}" if near else "no similar setting"
             for n in near:
                 if n in retired:

@@ -30,6 +30,8 @@ __all__ = [
     "CONTOUR_FORMAT",
     "SPLITS",
     "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
     "write_image_nifti",
     "read_image",
     "sagittal_affine",
@@ -68,8 +70,41 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically (see `atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _finite_or_none(obj):
+    """NaN/Inf -> None recursively: strict JSON has no NaN (a missing network head gives NaN metrics)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> Path:
+    """Strict JSON (NaN/Inf written as null; numpy scalars and arrays, paths converted), atomically."""
+    text = json.dumps(_finite_or_none(obj), indent=indent, default=_json_default, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
 def _atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
+    """The dataset files' JSON layout (indent 1), through the one atomic writer."""
+    return atomic_write_json(path, obj, indent=1)
 
 
 def sagittal_affine(spacing_mm: Sequence[float], slice_thickness_mm: float = 4.0, shape: Sequence[int] | None = None) -> np.ndarray:

@@ -8,7 +8,7 @@
   which in thousands of dimensions lies at radius ~eps), clipped to [0, 1]. PGD must beat this by
   far to call its result an attack rather than noise.
 
-Rows carry the columns of `ROW_COLUMNS` (`diskrobust.study.results`) with sweep "baseline",
+Rows carry the columns of `ROW_COLUMNS` (`diskrobust.robustness.results`) with sweep "baseline",
 attack "mean_shape" / "uniform_linf" / "uniform_l2", head "none" (nothing is attacked) and
 reference "truth", so `results.aggregate` turns them into curves like any other sweep. The test set
 is any object with `images` (N, 1, H, W), `points` (N, P, 2), `mask` (N, 1, H, W), `subjects`,
@@ -57,7 +57,10 @@ def mean_shape(training_points) -> np.ndarray:
 def _row(test, i: int, attack: str, norm: str, eps: float, err_px: float, err_mm: float, poly: float, seg: float,
          linf: float, l2: float) -> dict:
     return {"sample_id": int(i), "subject": test.subjects[i], "level": test.levels[i], "sweep": BASELINE_SWEEP,
-            "attack": attack, "norm": norm, "head": "none", "eps": float(eps), "steps": 0, "reference": "truth",
+            "attack": attack, "norm": norm, "head": "none", "eps": float(eps),
+            # eps_rms: an L2 budget per pixel, as the sweep's rows give it (ROW_COLUMNS)
+            "eps_rms": float(eps) / math.sqrt(test.images.shape[-2] * test.images.shape[-1]) if norm == "l2"
+            else float("nan"), "steps": 0, "reference": "truth",
             "point_error_px": float(err_px), "point_error_mm": float(err_mm), "polygon_dice": float(poly),
             "seg_dice": float(seg), "attack_loss": float("nan"), "delta_linf": float(linf), "delta_l2": float(l2)}
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from diskrobust.study.grid import Arm, StudyConfig
 from diskrobust.study.outcomes import ArmOutcome
-from diskrobust.study.results import atomic_write_json, atomic_write_text
+from diskrobust.data.dataset_io import atomic_write_json, atomic_write_text
 
 # metric -> (title, the attacked head whose curve the table shows, digits, lower is better)
 STUDY_METRICS: dict[str, tuple[str, str, int, bool]] = {

@@ -23,7 +23,7 @@ from diskrobust.study.outcomes import ArmFailed, ArmOutcome
 from diskrobust.study.processes import Interrupted, forward_signals
 from diskrobust.study.progress import ProgressPrinter
 from diskrobust.study.report import write_study_report
-from diskrobust.study.results import atomic_write_json
+from diskrobust.data.dataset_io import atomic_write_json
 from diskrobust.study.stages import ordered_arms  # noqa: F401  (part of the runner's interface)
 
 ENGINES = ("local", "ray")

@@ -20,7 +20,7 @@ from typing import Any
 from diskrobust.study.grid import Arm, StudyConfig
 from diskrobust.study.outcomes import ArmFailed, ArmOutcome
 from diskrobust.study.processes import Interrupted, run_bundle, stopping
-from diskrobust.study.results import atomic_write_json
+from diskrobust.data.dataset_io import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SHAPE_BUNDLE = REPO_ROOT / "bundles" / "lumbar_disk_shape"
@@ -115,26 +115,30 @@ def evaluate_stage(cfg: StudyConfig, arm: Arm, sweep_overrides: dict[str, Any] |
                    eval_dir: Path | None = None) -> tuple[list[str], Path]:
     """The attack-bundle command that evaluates `arm` and its output folder (a part of the
     evaluation: its `sweep_overrides` and folder)."""
+    from diskrobust.robustness.workflow import attack_bundle_args
+
     arm_dir = cfg.arm_dir(arm)
     eval_dir = eval_dir or arm_dir / "eval"
+    evaluation = dict(cfg.evaluation)
+    if sweep_overrides is not None:
+        evaluation["sweep_overrides"] = sweep_overrides
+    if arm.seed is not None:  # a seed's evaluation (attack random starts) is seeded by it too
+        evaluation["sweep_overrides"] = {**(evaluation.get("sweep_overrides") or {}), "seed": arm.seed}
+    # {"profile", "sweep_overrides"} -> the profile's config file and `#` ids of the attack bundle
+    files, settings = attack_bundle_args(ATTACK_BUNDLE, evaluation)
     overrides: dict[str, Any] = {
         "ckpt_path": arm_dir / "models" / "model.pt",
         "dataset_dir": cfg.dataset_dir,
         "output_dir": eval_dir,
         "progress": False,
-        **{k: v for k, v in cfg.evaluation.items()},
+        **settings,
     }
-    if arm.seed is not None:  # a seed's evaluation (attack random starts) is seeded by it too
-        sweep_overrides = {**(cfg.evaluation.get("sweep_overrides", {}) if sweep_overrides is None
-                              else sweep_overrides), "seed": arm.seed}
-    if sweep_overrides is not None:
-        overrides["sweep_overrides"] = sweep_overrides
     if "width" in cfg.train:
-        overrides.setdefault("network_def#width", cfg.train["width"])
+        overrides.setdefault("width", cfg.train["width"])
     for key in ("patch_size", "patch_spacing_mm"):  # the network must see patches as it was trained on them
         if key in cfg.train:
             overrides.setdefault(key, cfg.train[key])
-    return bundle_command("evaluating", [ATTACK_BUNDLE / "configs" / "evaluate.json"], overrides), eval_dir
+    return bundle_command("evaluating", files, overrides), eval_dir
 
 
 def evaluation_parts(cfg: StudyConfig) -> list[dict[str, Any]]:
@@ -145,18 +149,19 @@ def evaluation_parts(cfg: StudyConfig) -> list[dict[str, Any]]:
     does not depend on which other units run with it (its seed derives from its own name), so the
     parts' unit files are exactly the units of the whole evaluation, which then only reuses them.
     """
-    from diskrobust.study.sweep import _deep_merge, load_profile
+    from diskrobust.robustness.workflow import attack_bundle_args, load_sweep_config
 
-    overrides = cfg.evaluation.get("sweep_overrides", {})
-    sweep = load_profile(cfg.evaluation.get("profile", "cpu-quick"), ATTACK_BUNDLE / "configs" / "profiles", overrides)
+    files, settings = attack_bundle_args(ATTACK_BUNDLE, {"profile": cfg.evaluation.get("profile"),
+                                                         "sweep_overrides": cfg.evaluation.get("sweep_overrides", {})})
+    sweep = load_sweep_config(*files, overrides=settings)
     parts = []
     if sweep.ind.enabled:
-        parts += [{"ind": {"attacks": [a], "heads": [h]}, "ood": {"enabled": False}}
+        parts += [{"ind#attacks": [a], "ind#heads": [h], "ood#enabled": False}
                   for a in sweep.ind.attacks for h in sweep.ind.heads]
     if sweep.ood.enabled:
-        parts += [{"ind": {"enabled": False}, "ood": {"starts": [s], "heads": [h]}}
+        parts += [{"ind#enabled": False, "ood#starts": [s], "ood#heads": [h]}
                   for s in sweep.ood.starts for h in sweep.ood.heads]
-    return [_deep_merge(overrides, part) for part in parts]
+    return [{**settings, **part} for part in parts]  # `#` ids: a part overrides only its own ids
 
 
 def part_dir(cfg: StudyConfig, arm: Arm, part: int) -> Path:

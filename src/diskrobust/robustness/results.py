@@ -23,15 +23,13 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from diskrobust.data.dataset_io import atomic_write_bytes
+from diskrobust.data.dataset_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 import numpy as np
 
 __all__ = [
     "ROW_COLUMNS",
     "METRICS",
-    "atomic_write_text",
-    "atomic_write_json",
     "write_rows_csv",
     "read_rows_csv",
     "aggregate",
@@ -42,11 +40,11 @@ __all__ = [
 ]
 
 ROW_COLUMNS = (
-    "sample_id", "subject", "level", "sweep", "attack", "norm", "head", "eps", "steps", "reference",
+    "sample_id", "subject", "level", "sweep", "attack", "norm", "head", "eps", "eps_rms", "steps", "reference",
     "point_error_px", "point_error_mm", "polygon_dice", "seg_dice", "attack_loss", "delta_linf", "delta_l2",
 )
 _INT_COLUMNS = {"sample_id", "steps"}
-_FLOAT_COLUMNS = {"eps", "point_error_px", "point_error_mm", "polygon_dice", "seg_dice", "attack_loss",
+_FLOAT_COLUMNS = {"eps", "eps_rms", "point_error_px", "point_error_mm", "polygon_dice", "seg_dice", "attack_loss",
                   "delta_linf", "delta_l2"}
 
 # metric column -> (table title, lower is better)
@@ -58,38 +56,6 @@ METRICS: dict[str, tuple[str, bool]] = {
 }
 # Metrics whose tables show the spread (mean, median, 95th percentile); the rest show the mean.
 _SPREAD_METRICS = ("point_error_px", "point_error_mm")
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` via a temporary file in the same folder and `os.replace`."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _finite_or_none(obj):
-    """NaN/Inf -> None recursively: strict JSON has no NaN and a missing head gives NaN metrics."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
-
-
-def atomic_write_json(path: str | Path, obj) -> Path:
-    """Strict JSON (NaN written as null), indented, atomically."""
-    return atomic_write_text(path, json.dumps(_finite_or_none(obj), indent=2, default=_json_default,
-                                              allow_nan=False) + "\n")
 
 
 def write_rows_csv(path: str | Path, rows: Iterable[Mapping], columns: Sequence[str] = ROW_COLUMNS) -> Path:
@@ -192,7 +158,8 @@ def aggregate(rows: Sequence[Mapping], tolerance_px: float) -> dict:
 
 
 def _fmt(v: float, digits: int) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+    # "-": no value by design (a head the network lacks, too few points for an area), see COLUMN_NOTES
+    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
 def _eps_label(eps: float) -> str:
@@ -225,9 +192,35 @@ def _table(groups: Sequence[Mapping], metric: str | None, digits: int, with_auc:
     return lines
 
 
-def markdown_report(agg: Mapping, header_lines: Sequence[str] = ()) -> str:
-    """The Markdown report: a table per metric, IND and OOD separately (their columns differ)."""
+# What each per_sample.csv column means; the report ends with these notes.
+COLUMN_NOTES: dict[str, str] = {
+    "sample_id, subject, level": "the test patch (index in the test split, its subject and disk level)",
+    "sweep": "clean (no attack), ind (attack on the test patch) or ood (attack on a start image that is not spine MR)",
+    "attack, norm, head": "the IND attack (linf, l2) or the OOD start kind, the norm of its budget, the attacked "
+                          "network head (points, seg or both)",
+    "eps": "the budget in the attack's norm as the attack used it: the L-inf radius, or the absolute L2 radius",
+    "eps_rms": "an L2 budget per pixel (RMS = eps / sqrt(H x W)); empty for L-inf and clean rows",
+    "steps": "attack iterations (0 for rows without an attack)",
+    "reference": "truth: metrics against the true contour and mask (clean, IND); target: against the network's own "
+                 "output on a test patch (OOD), so small distances / high Dice mean the attack fooled the network",
+    "point_error_px, point_error_mm": "mean distance of the 176 predicted points to the reference points (px, mm)",
+    "polygon_dice": "Dice of the predicted contour's filled polygon with the reference mask",
+    "seg_dice": "Dice of the segmentation head (logit > 0) with the reference mask; empty (-) without that head",
+    "attack_loss": "the attack objective at the returned image; empty (nan) by design for clean rows and for OOD "
+                   "budget 0, where no attack ran",
+    "delta_linf, delta_l2": "size of the perturbation actually applied (image minus start image)",
+    "within_tolerance": "1 when point_error_px <= the tolerance, else 0",
+}
+START_DISTANCE_NOTE = ("OOD budget 0 is the start-image distance: the network's output on the unattacked start "
+                       "image (noise, box noise or a photograph) compared with the target. It is the baseline the "
+                       "attack improves on: an attack that does not get well below it did not fool the network.")
+
+
+def markdown_report(agg: Mapping, header_lines: Sequence[str] = (), spacing_mm: float | None = None) -> str:
+    """The Markdown report: a table per metric, IND and OOD separately (their columns differ), then notes
+    on every column. With spacing_mm 1 the mm tables equal the px tables and are left out."""
     tol = agg["tolerance_px"]
+    skip = {"point_error_mm"} if spacing_mm is not None and float(spacing_mm) == 1.0 else set()
     out = list(header_lines)
     sections = [("ind", "IND sweep (PGD on test images; error vs the true contour; eps 0 = clean)"),
                 ("ood", "OOD sweep (start images attacked towards the network's outputs on test images; "
@@ -238,6 +231,8 @@ def markdown_report(agg: Mapping, header_lines: Sequence[str] = ()) -> str:
             continue
         out += ["", f"## {title}", ""]
         for metric, (name, lower_better) in METRICS.items():
+            if metric in skip:
+                continue  # 1 mm per pixel: the same numbers as the px table
             if all(not any(math.isfinite(v) for v in g["metrics"][metric]["mean"]) for g in groups):
                 continue  # a head the network does not have
             spread = " - mean (median / 95th percentile)" if metric in _SPREAD_METRICS else " - mean"
@@ -246,8 +241,16 @@ def markdown_report(agg: Mapping, header_lines: Sequence[str] = ()) -> str:
             _table(groups, None, 3, with_auc=sweep == "ind")
     # The OOD curve has only "before" and one or a few budgets: its area says little, so it is in
     # aggregate.json only.
-    out += ["", "AUC (IND tables): area under the mean-vs-epsilon curve (trapezoid rule over the epsilons "
-                "shown, eps 0 included); it depends on the grid, so compare AUCs of the same grid only.", ""]
+    out += ["", "## Notes", "",
+            "- AUC (IND tables): area under the mean-vs-epsilon curve (trapezoid rule over the epsilons shown, eps 0 "
+            "included); it depends on the grid, so compare AUCs of the same grid only.",
+            "- Table cells: mean (median / 95th percentile) over the samples; `-` = no value by design (a head the "
+            "network does not have, a budget a row was not run at)."]
+    if skip:
+        out.append("- Patch spacing is 1 mm/px: distances in mm equal those in px, so only the px tables are shown.")
+    if any(g["sweep"] == "ood" for g in agg["groups"]):
+        out.append(f"- {START_DISTANCE_NOTE}")
+    out += ["", "Columns of `per_sample.csv`:", ""] + [f"- `{k}`: {v}" for k, v in COLUMN_NOTES.items()] + [""]
     return "\n".join(out)
 
 
@@ -255,7 +258,8 @@ def plot_curves(agg: Mapping, out_dir: str | Path) -> list[Path]:
     """PNGs of point error (mean and 95th percentile), Dice and the within-tolerance fraction vs epsilon.
 
     IND: one figure per attack ("ind_<attack>.png"), a line per attacked head. OOD: one figure
-    ("ood.png"), a line per start image kind (and head, when several were attacked).
+    ("ood.png"), a line per start image kind (and head, when several were attacked). A figure whose
+    curves have a single budget each is not drawn: one point on an axis says nothing a table does not.
     """
     import matplotlib
 
@@ -269,6 +273,8 @@ def plot_curves(agg: Mapping, out_dir: str | Path) -> list[Path]:
         figures.setdefault(name, []).append(g)
     paths = []
     for name, groups in figures.items():
+        if all(len(g["eps"]) < 2 for g in groups):
+            continue
         sweep = groups[0]["sweep"]
         several_heads = len({g["head"] for g in groups}) > 1
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))

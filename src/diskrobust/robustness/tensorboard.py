@@ -19,6 +19,13 @@ Tags (prefix = "<sweep>/<attack>/<head>", e.g. "ind/linf/points" or "ood/uniform
              +1/scale, e.g. perturbation_x14.3 -> +0.070.
 
 All images are (3, H, W) RGB in [0, 1]; the step is the same milli-epsilon as the scalars.
+
+    text     legend/ind, legend/ood          what each colour and view of the image panels means
+             summary/report                  the whole report.md (tables over the budgets, column notes)
+             summary/how_to_read             why the curves are images and tables: TensorBoard's default
+                                             smoothing (0.6) bends a 2-point eps curve into a wrong line
+    images   summary/plots/<name>            the report's matplotlib curves (error, Dice, fraction within
+                                             tolerance vs eps), step 0: undistorted by smoothing
 """
 
 from __future__ import annotations
@@ -28,7 +35,23 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AttackTensorBoardLogger", "eps_step", "eps_tag"]
+__all__ = ["AttackTensorBoardLogger", "eps_step", "eps_tag", "LEGENDS", "HOW_TO_READ"]
+
+LEGENDS = {
+    "ind": ("IND panels under `<attack>/<head>/eps<eps>/s<sample>/`: **clean** the test patch; **attacked** the "
+            "patch after the attack; **perturbation_x<scale>** attacked minus clean, red = brighter, blue = darker, "
+            "white = unchanged, multiplied by <scale> = 1 / max|change| so full red is a change of +1/scale "
+            "(perturbation_x14.3: full red = +0.070); **contours** on the attacked patch: green = true contour, "
+            "blue = prediction on the clean patch, orange = prediction on the attacked patch."),
+    "ood": ("OOD panels under `<start kind>/<head>/eps<eps>/s<sample>/`: **start** the start image (noise, box noise "
+            "or a photograph); **attacked** the start image after the attack; **target_image** the test patch whose "
+            "prediction (blue) is the target; **contours** on the attacked image: blue = target, orange = the "
+            "network's prediction on the attacked image (close to blue = fooled)."),
+}
+HOW_TO_READ = ("The curves over the budget are in `summary/plots` (images) and `summary/report` (the tables): "
+               "they show the measured values. The scalars `<sweep>/<attack>/<head>/<metric>` use step = round(eps x "
+               "1000); TensorBoard's default smoothing (0.6) draws a curve of 2-7 points as a different line, so set "
+               "the smoothing slider to 0 before reading them.")
 
 
 def eps_step(eps: float) -> int:
@@ -91,6 +114,7 @@ class AttackTensorBoardLogger:
         """
         from diskrobust.visualize import COLORS, amplify_perturbation, draw_contours
 
+        self.log_legend("ind")
         step = eps_step(eps)
         tags = []
         for i in range(min(self.num_images, clean.shape[0])):
@@ -125,6 +149,7 @@ class AttackTensorBoardLogger:
         """
         from diskrobust.visualize import COLORS, draw_contours
 
+        self.log_legend("ood")
         step = eps_step(eps)
         tags = []
         for i in range(min(self.num_images, start.shape[0])):
@@ -148,6 +173,29 @@ class AttackTensorBoardLogger:
                 tag = f"{base}/{view}"
                 self.writer.add_image(tag, img, step, dataformats="CHW")
                 tags.append(tag)
+        return tags
+
+    def log_legend(self, kind: str) -> None:
+        """The caption of one kind of image panel ("ind" or "ood"), once per logger."""
+        done = self.__dict__.setdefault("_legends", set())
+        if kind not in done:
+            self.writer.add_text(f"legend/{kind}", LEGENDS[kind], 0)
+            done.add(kind)
+
+    def log_summary(self, report_markdown: str, plot_paths: Sequence[str | Path] = ()) -> list[str]:
+        """The sweep's results in forms smoothing cannot distort: the report as text, the curves as images."""
+        import numpy as np
+        from PIL import Image
+
+        self.writer.add_text("summary/how_to_read", HOW_TO_READ, 0)
+        self.writer.add_text("summary/report", report_markdown, 0)
+        tags = ["summary/how_to_read", "summary/report"]
+        for path in plot_paths:
+            with Image.open(path) as im:
+                rgb = np.asarray(im.convert("RGB"))
+            tag = f"summary/plots/{Path(path).stem}"
+            self.writer.add_image(tag, rgb, 0, dataformats="HWC")
+            tags.append(tag)
         return tags
 
     def flush(self) -> None:
