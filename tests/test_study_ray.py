@@ -97,9 +97,11 @@ def _same_as_local(ours: Path, local: Path) -> None:
     import torch
 
     assert _rows(ours) == _rows(local)
+    # model.pt: {"model": state_dict, <description>} (checkpoints.save_model), or a plain state_dict
     a = torch.load(ours / "models" / "model.pt", weights_only=True)
     b = torch.load(local / "models" / "model.pt", weights_only=True)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = a.get("model", a), b.get("model", b)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_ray_study_equals_local_and_a_killed_worker_is_retried(study_dir, tiny_study, ray_address):
