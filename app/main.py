@@ -1,16 +1,17 @@
 """diskrobust MONAI Label app: serves the lumbar_disk_shape bundle from its local folder (no download).
 
 Start (docs/monai_label.md):
-    monailabel start_server --app app --studies <dir> --host 127.0.0.1 --port 8000 --conf sam2 false \
-        [--conf bundle_path <bundle>] [--conf weights <model.pt>] [--conf network_def '{"width": 8}']
+    python -m diskrobust.serving.launch --studies <dir> [--port 8000] [--conf key value ...]
+or  monailabel start_server --app app --studies <dir> --host 127.0.0.1 --port 8000 --conf sam2 false [...]
 
 Options (--conf key value):
-  bundle_path   the bundle folder (default: <repo>/bundles/lumbar_disk_shape)
-  weights       the weights file (default: <bundle_path>/models/model.pt)
-  network_def   JSON object of network_def arguments to override, e.g. '{"width": 8}' for weights
-                trained with the bundle's cpu-quick profile (default: none, inference.json as is)
-  threshold     disk probability threshold of the automatic disk search (default 0.5)
-  robustness    also serve ``disk_shape_robustness`` (contour displacement under PGD; default true)
+  bundle_path       the bundle folder (default: <repo>/bundles/lumbar_disk_shape)
+  weights           the weights file (default: <bundle_path>/models/model.pt)
+  network_def       JSON object of network_def arguments to override, e.g. '{"width": 8}'
+  threshold         probability threshold of the automatic disk search (default 0.5)
+  robustness        also serve ``disk_shape_robustness`` (contour displacement under PGD; default true)
+  safety settings   cors_origins, allow_remote, max_request_mb, max_image_side_px, infer_timeout_s,
+                    infer_workers (diskrobust.serving.server.ServerOptions; safe defaults)
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import os
 from pathlib import Path
 from typing import Dict
 
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.utils.others.generic import strtobool
 
+from diskrobust.serving.server import ServerOptions, checked_datastore_class, install
 from lib.infers import DiskShapeInfer, DiskShapeRobustnessInfer
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,12 @@ DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "lumbar_disk_shape"
 
 class DiskRobustApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]):
+        self.options = ServerOptions.from_conf(conf)
+        # MONAI Label builds its FastAPI app before it creates this instance (in its lifespan): guard it
+        # now, before the first request (diskrobust.serving.server).
+        import monailabel.app
+
+        install(monailabel.app.app, self.options)
         self.bundle_path = os.path.realpath(os.path.expanduser(conf.get("bundle_path") or str(DEFAULT_BUNDLE)))
         self.weights = conf.get("weights") or None
         try:
@@ -55,16 +64,24 @@ class DiskRobustApp(MONAILabelApp):
             version="0.1.0",
         )
 
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return checked_datastore_class()(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
     def init_infers(self) -> Dict[str, InferTask]:
-        infers: Dict[str, InferTask] = {
-            "disk_shape": DiskShapeInfer(self.bundle_path, self.conf, weights=self.weights,
-                                         network_overrides=self.network_overrides),
-        }
+        common = dict(weights=self.weights, network_overrides=self.network_overrides,
+                      max_image_side_px=self.options.max_image_side_px)
+        infers: Dict[str, InferTask] = {"disk_shape": DiskShapeInfer(self.bundle_path, self.conf, **common)}
         if strtobool(self.conf.get("robustness", "true")):
-            infers["disk_shape_robustness"] = DiskShapeRobustnessInfer(
-                self.bundle_path, self.conf, weights=self.weights, network_overrides=self.network_overrides)
+            infers["disk_shape_robustness"] = DiskShapeRobustnessInfer(self.bundle_path, self.conf, **common)
         for name, task in infers.items():
             if not task.is_valid():
-                logger.warning(f"model {name}: no weights at {task.weights} or no configs/inference.json; "
+                logger.warning(f"model {name}: no weights or no configs/inference.json in the bundle; "
                                "train the bundle first (docs/monai_label.md)")
         return infers

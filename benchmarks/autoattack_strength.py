@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from diskrobust.attacks import PGD, RegressionAutoAttack, mean_point_distance
 from diskrobust.batch import prepare_disk_batch
-from diskrobust.data.datasets import DiskPatchDataset
+from diskrobust.datasets import DiskPatchDataset
 from diskrobust.data.phantom import PhantomConfig, write_phantom_dataset
 from diskrobust.handlers.adversarial import AdversarialTrainingHandler
 from diskrobust.losses import DiskShapeLoss

@@ -319,3 +319,15 @@ def test_zoo_checks_verify_net_in_out_and_torchscript_export(trained, tmp_path):
     x = torch.rand(2, 1, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), eager(x)["pred"].transpose(1, 2), rtol=1e-5, atol=1e-4)
+
+
+def test_misspelt_override_is_refused_before_any_work(tmp_path, repo_root):
+    """`--epoch 1` (for --epochs) must not silently train 8 epochs; the message ends the output."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
+           "--config_file", "bundles/lumbar_disk_shape/configs/train.json",
+           "--output_dir", str(tmp_path), "--dataset_dir", str(tmp_path / "no_phantom"), "--epoch", "1"]
+    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    last = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+    assert "epoch" in last and "epochs" in last, last
+    assert not (tmp_path / "no_phantom").exists() and not (tmp_path / "models").exists()  # nothing done

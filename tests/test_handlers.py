@@ -11,7 +11,7 @@ import torch
 from ignite.engine import Engine
 
 from diskrobust.checkpoints import BestModelState, latest_checkpoint, resume_checkpoint, weights_digest
-from diskrobust.config_values import as_bool
+from diskrobust.bundle_checks import as_bool
 from diskrobust.data.disk_positions import read_disk_positions
 from diskrobust.datasets import collate_patches, inference_items
 from diskrobust.transforms import inference_chain

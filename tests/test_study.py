@@ -174,6 +174,7 @@ def test_killed_runner_takes_its_bundle_child_along_and_a_second_runner_is_refus
     _wait_for(lambda: _gone(child), 10, f"the orphaned bundle child {child} to die")
 
     # the rerun takes the stale lock over, and SIGTERM stops it together with its child
+    (arm_dir / "train.running.json").unlink()  # left by the killed run: wait for the rerun's own
     runner = _start_runner(config, out)
     child = _bundle_child(runner, arm_dir)
     os.kill(runner.pid, signal.SIGTERM)

@@ -539,7 +539,7 @@ def latest_checkpoint(ckpt_dir: str | Path, prefix: str = CHECKPOINT_PREFIX) -> 
 
 def resume_checkpoint(ckpt_dir: str | Path, resume: bool) -> str | None:
     """Path to resume from when `resume` is true (FileNotFoundError when there is none), else None."""
-    from diskrobust.config_values import as_bool
+    from diskrobust.bundle_checks import as_bool
 
     if not as_bool(resume, "resume"):
         return None
@@ -579,7 +579,7 @@ def prepare_output_folder(ckpt_dir: str | Path, resume=False, overwrite=False, l
     `<ckpt_dir>/previous_<UTC time>/`, never deletes them. A model.pt without a run (e.g. the model the
     bundle ships) is moved there too, with a warning, so a new run never overwrites it unseen.
     """
-    from diskrobust.config_values import as_bool
+    from diskrobust.bundle_checks import as_bool
 
     resume, overwrite = as_bool(resume, "resume"), as_bool(overwrite, "overwrite")
     if resume and overwrite:

@@ -48,6 +48,11 @@ def _die_with(parent_pid: int):
     return setup
 
 
+def stopping() -> bool:
+    """True once this process was told to stop (SIGINT/SIGTERM under `forward_signals`)."""
+    return _interrupted.is_set()
+
+
 def live_children() -> list[int]:
     """Pids of the bundle runs this process has running now."""
     with _live_lock:
@@ -71,6 +76,9 @@ def run_bundle(cmd: Sequence[str], log_path: Path, what: str, cwd: Path, env: di
                                 start_new_session=True, preexec_fn=_die_with(os.getpid()))
         with _live_lock:
             _live[proc.pid] = proc
+            stopping = _interrupted.is_set()
+        if stopping:  # the stop signal came while this child was starting: stop_children did not see it
+            _kill_group(proc.pid, signal.SIGTERM)
         try:
             code = proc.wait()
         finally:
@@ -93,7 +101,7 @@ def _kill_group(pid: int, sig: int) -> None:
 
 def stop_children(sig: int = signal.SIGTERM, grace_s: float = 10.0) -> None:
     """Send `sig` to every live child's group, then SIGKILL what is still there after `grace_s`."""
-    _interrupted.set()
+    _interrupted.set()  # before the snapshot: a child registered after it sees the flag (run_bundle)
     with _live_lock:
         procs = list(_live.values())
     for p in procs:

@@ -60,16 +60,22 @@ def run_local(cfg: StudyConfig, arms: list[Arm], resume: bool, retries: int, job
     futures: dict[Arm, Future] = {}
 
     def task(arm: Arm) -> ArmOutcome:
-        if arm.base in futures:
+        if arm.method != "std" and arm.base in futures:  # (a std arm is its own base: never wait on itself)
             futures[arm.base].result()  # its standard model first
         outcome = run_arm(cfg, arm, resume=resume, retries=retries)
         notify(outcome)
         return outcome
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         for arm in queue:
             futures[arm] = pool.submit(task, arm)
         return {arm: futures[arm].result() for arm in arms}
+    except BaseException:  # stopped: queued arms must not start
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _study_lock(cfg: StudyConfig):

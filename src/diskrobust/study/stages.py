@@ -19,7 +19,7 @@ from typing import Any
 
 from diskrobust.study.grid import Arm, StudyConfig
 from diskrobust.study.outcomes import ArmFailed, ArmOutcome
-from diskrobust.study.processes import run_bundle
+from diskrobust.study.processes import Interrupted, run_bundle, stopping
 from diskrobust.study.results import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -162,7 +162,11 @@ def attempts(cfg: StudyConfig, arm: Arm) -> dict[str, int]:
 
 
 def reset_attempts(cfg: StudyConfig, arm: Arm) -> None:
+    """A new study run on `arm`: tries count from zero, and what a killed run said was running is stale
+    (the study lock guarantees nobody else runs it)."""
     (cfg.arm_dir(arm) / "attempts.json").unlink(missing_ok=True)
+    for stale in cfg.arm_dir(arm).glob("*.running.json"):
+        stale.unlink(missing_ok=True)
 
 
 def _count_attempt(cfg: StudyConfig, arm: Arm, stage: str) -> int:
@@ -201,6 +205,8 @@ def run_stage(cfg: StudyConfig, arm: Arm, stage: str, resume: bool = True) -> di
     Raises ArmFailed (the bundle exited non-zero, or its input is missing) naming the log.
     """
     arm_dir = cfg.arm_dir(arm)
+    if stopping():
+        raise Interrupted(f"{arm.name} {stage}: not started, the study is stopping")
     done = marker(cfg, arm, stage)
     if resume and done.is_file():
         return {"stage": stage, "status": "skipped", "seconds": float(_read_json(done).get("seconds", 0.0)),
