@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diskrobust.networks import DiskShapeNet
-from diskrobust.run_time_estimate import (StepCosts, estimate_training_seconds, format_duration,
+from diskrobust.run_time_estimate import (StepCosts, adversarial_work, estimate_training_seconds, format_duration,
                                           measure_step_costs, run_time_message, warn_if_slow)
 
 
@@ -31,7 +31,10 @@ def test_measuring_changes_neither_the_network_nor_the_random_state():
 def test_estimate_is_epochs_times_samples_times_train_plus_pgd_steps():
     costs = StepCosts(train=0.01, attack=0.005)
     assert estimate_training_seconds(costs, 2, 10) == pytest.approx(0.2)
-    assert estimate_training_seconds(costs, 2, 10, adv_steps=20) == pytest.approx(2 * 10 * (0.01 + 20 * 0.005))
+    assert estimate_training_seconds(costs, 2, 10, adv_steps=20) == pytest.approx(2 * 10 * (2 * 0.01 + 20 * 0.005))  # clean + one copy
+    # adv_rs: the clean batch plus two PGD copies (points, seg) are trained on
+    assert estimate_training_seconds(costs, 2, 10, adv_steps=20, adv_sets=2) == \
+        pytest.approx(2 * 10 * (3 * 0.01 + 2 * 20 * 0.005))
     with pytest.raises(ValueError, match="epochs"):
         estimate_training_seconds(costs, -1, 10)
 
@@ -42,6 +45,16 @@ def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
 
 
+def test_adversarial_work_follows_the_handler_modes():
+    assert adversarial_work("std", 20) == (0, 0)
+    assert adversarial_work("rand", 20) == (1, 0)
+    assert adversarial_work("adv_r", 20) == (1, 20)
+    assert adversarial_work("adv_rs", 20) == (2, 20)
+    assert adversarial_work("fast_r", 20) == (1, 1)
+    with pytest.raises(ValueError, match="adv_mode"):
+        adversarial_work("adv_x", 20)
+
+
 def test_message_warns_with_time_and_remedy_only_above_the_threshold():
     slow = run_time_message(3 * 3600, "cpu", adv_steps=20)
     assert slow.startswith("WARNING: expected about 3.0 h on cpu (PGD-20 inside each iteration)")
@@ -49,15 +62,16 @@ def test_message_warns_with_time_and_remedy_only_above_the_threshold():
     quick = run_time_message(40, "cpu")
     assert quick == "run-time estimate: expected about 40 s on cpu"
     assert "--device cuda" not in run_time_message(3 * 3600, "cuda:0")
+    assert "(PGD-20 x 2 inside each iteration)" in run_time_message(3 * 3600, "cpu", adv_steps=20, adv_sets=2)
 
 
 def test_warn_if_slow_measures_the_real_network_and_prints_one_line():
     net = _tiny_net()
     out = io.StringIO()
-    line = warn_if_slow(net, epochs=10**6, samples_per_epoch=256, batch_size=16, patch_size=32, adv_steps=20,
-                        device="cpu", stream=out)
+    line = warn_if_slow(net, epochs=10**6, samples_per_epoch=256, batch_size=16, patch_size=32, adv_mode="adv_rs",
+                        adv_steps=20, device="cpu", stream=out)
     assert out.getvalue() == line + "\n"
-    assert line.startswith("WARNING: expected about ") and "PGD-20" in line
+    assert line.startswith("WARNING: expected about ") and "PGD-20 x 2" in line
     quiet = warn_if_slow(net, epochs=0, samples_per_epoch=256, batch_size=16, patch_size=32, device="cpu",
                          stream=io.StringIO())
     assert quiet == "run-time estimate: expected about 1 s on cpu"

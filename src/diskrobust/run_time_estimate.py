@@ -99,13 +99,38 @@ def measure_step_costs(network: torch.nn.Module, input_shape, device=None, *, re
     return StepCosts(train=train, attack=attack_cost)
 
 
-def estimate_training_seconds(costs: StepCosts, epochs: int, samples_per_epoch: int, adv_steps: int = 0) -> float:
-    """Seconds of the training iterations: epochs x samples x (train + adv_steps x attack).
-    Validation, data loading and checkpointing are not counted (small next to PGD on a CPU)."""
-    for name, value in (("epochs", epochs), ("samples_per_epoch", samples_per_epoch), ("adv_steps", adv_steps)):
+def estimate_training_seconds(costs: StepCosts, epochs: int, samples_per_epoch: int, adv_steps: int = 0,
+                              adv_sets: int | None = None) -> float:
+    """Seconds of the training iterations.
+
+    Each sample costs one training step on itself and on each of its `adv_sets` adversarial copies
+    (the adversarial handler trains on the clean batch plus the copies), and `adv_steps` attack
+    steps per copy: epochs x samples x ((1 + adv_sets) x train + adv_sets x adv_steps x attack).
+    `adv_sets` defaults to 1 when `adv_steps` > 0, else 0. Validation, data loading and
+    checkpointing are not counted (small next to PGD on a CPU).
+    """
+    if adv_sets is None:
+        adv_sets = 1 if adv_steps else 0
+    for name, value in (("epochs", epochs), ("samples_per_epoch", samples_per_epoch), ("adv_steps", adv_steps),
+                        ("adv_sets", adv_sets)):
         if int(value) < 0:
             raise ValueError(f"run-time estimate: {name} must be >= 0, got {value}")
-    return int(epochs) * int(samples_per_epoch) * (costs.train + int(adv_steps) * costs.attack)
+    per_sample = (1 + int(adv_sets)) * costs.train + int(adv_sets) * int(adv_steps) * costs.attack
+    return int(epochs) * int(samples_per_epoch) * per_sample
+
+
+def adversarial_work(adv_mode: str, adv_steps: int) -> tuple[int, int]:
+    """(adversarial copies per sample, attack steps per copy) of an AdversarialTrainingHandler mode."""
+    from diskrobust.handlers.adversarial import _ARMS, MODES  # the handler's own table of copies per mode
+
+    if adv_mode not in MODES:
+        raise ValueError(f"run-time estimate: unknown adv_mode {adv_mode!r}, expected one of {list(MODES)}")
+    copies = len(_ARMS.get(adv_mode, ()))
+    if adv_mode == "rand":
+        return copies, 0
+    if adv_mode == "fast_r":
+        return copies, 1
+    return copies, int(adv_steps) if copies else 0
 
 
 def format_duration(seconds: float) -> str:
@@ -118,10 +143,12 @@ def format_duration(seconds: float) -> str:
     return f"{hours:.1f} h" if hours < 10 else f"{round(hours)} h"
 
 
-def run_time_message(seconds: float, device, adv_steps: int = 0, threshold_s: float = WARN_AFTER_SECONDS) -> str:
+def run_time_message(seconds: float, device, adv_steps: int = 0, threshold_s: float = WARN_AFTER_SECONDS,
+                     adv_sets: int = 1) -> str:
     """The line to print: information below `threshold_s`, a warning with what to do above it."""
     device = torch.device(device)
-    inside = f" (PGD-{int(adv_steps)} inside each iteration)" if adv_steps else ""
+    times = f" x {int(adv_sets)}" if adv_sets > 1 else ""
+    inside = f" (PGD-{int(adv_steps)}{times} inside each iteration)" if adv_steps else ""
     text = f"expected about {format_duration(seconds)} on {device.type}{inside}"
     if seconds <= threshold_s:
         return f"run-time estimate: {text}"
@@ -132,19 +159,21 @@ def run_time_message(seconds: float, device, adv_steps: int = 0, threshold_s: fl
 
 
 def warn_if_slow(network: torch.nn.Module, *, epochs: int, samples_per_epoch: int, batch_size: int,
-                 patch_size: int, in_channels: int = 1, adv_steps: int = 0, device=None,
+                 patch_size: int, in_channels: int = 1, adv_mode: str = "std", adv_steps: int = 0, device=None,
                  threshold_s: float = WARN_AFTER_SECONDS, stream=None) -> str:
     """Measure, estimate and print one line to `stream` (stderr by default); returns the line.
 
     For a bundle's `initialize`: four forward/backward steps (two warm-up, two timed) on a copy of
     `network` at a batch of at most 2 (a few seconds on a CPU for the bundle's network), then the
-    estimate of the whole run.
+    estimate of the whole run. `adv_mode`/`adv_steps` are the adversarial handler's settings
+    ("std": none).
     """
+    adv_sets, adv_steps = adversarial_work(adv_mode, adv_steps)
     timing_batch = max(1, min(int(batch_size), 2))
     costs = measure_step_costs(network, (timing_batch, int(in_channels), int(patch_size), int(patch_size)),
                                device, repeats=1, attack=bool(adv_steps))
-    seconds = estimate_training_seconds(costs, epochs, samples_per_epoch, adv_steps)
+    seconds = estimate_training_seconds(costs, epochs, samples_per_epoch, adv_steps, adv_sets)
     device = torch.device(device) if device is not None else next(network.parameters()).device
-    line = run_time_message(seconds, device, adv_steps, threshold_s)
+    line = run_time_message(seconds, device, adv_steps, threshold_s, adv_sets)
     print(line, file=stream if stream is not None else sys.stderr, flush=True)
     return line
