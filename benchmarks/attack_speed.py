@@ -3,14 +3,24 @@ cost of one adversarial-training iteration relative to a clean one.
 
     python benchmarks/attack_speed.py [--size 128 --width 8 --batch 8 --steps 10 --train-steps 20 --threads 1]
 
-Prints Markdown tables (image-steps/s = batch * steps / seconds). torchattacks (3.5.1, the `bench`
-extra) is optional: without it that row is skipped.
+Prints the machine and Markdown tables (image-steps/s = batch * steps / seconds), each rate with its
+FLOP count and the fraction of a large 3x3 convolution's rate measured inside the same rounds. The
+implementations alternate within every round; the ratio to ours is reported per round (min /
+median / max), not only for the best times. torchattacks (3.5.1, the `bench` extra) is optional:
+without it that row is skipped.
+
+The adversarial-training cost times whole SupervisedTrainer iterations from the start of the 2nd
+iteration (before the adversarial handler attacks that batch) to the end of the run: the timestamp
+handler is attached before the adversarial handler, so every timed iteration includes its attack.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from ignite.engine import Events
@@ -21,6 +31,9 @@ from diskrobust.batch import prepare_disk_batch
 from diskrobust.handlers.adversarial import AdversarialTrainingHandler
 from diskrobust.losses import DiskShapeLoss, point_sse_per_sample
 from diskrobust.networks import DiskShapeNet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import count_flops, interleaved, machine, peak_conv  # noqa: E402
 
 
 def parameter_gradient_pgd(model, images, targets, eps, step_size, steps, generator):
@@ -56,20 +69,6 @@ def torchattacks_pgd(model, eps, step_size, steps):
     return PointPGD(model, eps=eps, alpha=step_size, steps=steps, random_start=True)
 
 
-def timed_rounds(fns: dict, rounds: int) -> dict:
-    """Best seconds per call of each fn; the fns alternate within each round so that a change in the
-    machine's load hits all of them alike."""
-    for fn in fns.values():
-        fn()  # warm-up (allocator, kernels)
-    best = {name: float("inf") for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def synthetic_batch(n, size, device, generator):
     image = torch.rand((n, 1, size, size), generator=generator).to(device)
     points = (size / 2 + size / 4 * torch.randn((n, 176, 2), generator=generator)).to(device)
@@ -77,24 +76,34 @@ def synthetic_batch(n, size, device, generator):
     return image, {"points": points, "mask": mask}
 
 
-def training_iteration_cost(net, size, batch, k, device, iterations):
-    """Seconds per SupervisedTrainer iteration, clean and with adv_r PGD-k."""
+def training_iteration_cost(net, size, batch, k, device, iterations, rounds):
+    """Seconds per SupervisedTrainer iteration, clean ("std") and with adv_r PGD-k, per round (the two
+    alternate), and the FLOPs of one iteration of each."""
     gen = torch.Generator().manual_seed(1)
     image, targets = synthetic_batch(batch * iterations, size, "cpu", gen)
     items = [{"image": image[i], "points": targets["points"][i], "mask": targets["mask"][i]} for i in range(len(image))]
     loader = torch.utils.data.DataLoader(items, batch_size=batch)
-    times = {}
-    for mode in ("std", "adv_r"):
+
+    def trainer_for(mode, length):
         trainer = SupervisedTrainer(device=device, max_epochs=1, train_data_loader=loader, network=net,
-                                    optimizer=torch.optim.Adamax(net.parameters(), lr=1e-4),
+                                    optimizer=torch.optim.Adamax(net.parameters(), lr=1e-4), epoch_length=length,
                                     loss_function=DiskShapeLoss(), prepare_batch=prepare_disk_batch, decollate=False)
-        AdversarialTrainingHandler(mode, eps=0.07, steps=k, step_size=0.01, ramp_epochs=0).attach(trainer)
         stamps = []
+        # attached BEFORE the adversarial handler: at the 2nd ITERATION_STARTED the stamp is taken first,
+        # then that batch is attacked, so the timed span holds iterations-1 whole adversarial iterations
         trainer.add_event_handler(Events.ITERATION_STARTED(once=2), lambda: stamps.append(time.perf_counter()))
         trainer.add_event_handler(Events.COMPLETED, lambda: stamps.append(time.perf_counter()))
-        trainer.run()  # the first iteration is the warm-up
-        times[mode] = (stamps[1] - stamps[0]) / (iterations - 1)
-    return times
+        AdversarialTrainingHandler(mode, eps=0.07, steps=k, step_size=0.01, ramp_epochs=0).attach(trainer)
+        return trainer, stamps
+
+    times = {"std": [], "adv_r": []}
+    for _ in range(rounds):
+        for mode in times:
+            trainer, stamps = trainer_for(mode, iterations)
+            trainer.run()  # the first iteration is the warm-up
+            times[mode].append((stamps[1] - stamps[0]) / (iterations - 1))
+    flops = {mode: count_flops(lambda m=mode: trainer_for(m, 1)[0].run()) for mode in times}
+    return times, flops
 
 
 def main(argv=None):
@@ -104,7 +113,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--train-steps", type=int, default=20, help="K of the training PGD (paper: 20)")
-    parser.add_argument("--train-iterations", type=int, default=3)
+    parser.add_argument("--train-iterations", type=int, default=3, help="iterations per trainer run (the first untimed)")
+    parser.add_argument("--train-rounds", type=int, default=3, help="trainer runs per arm (clean and adv_r alternate)")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds (best of)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -136,23 +146,43 @@ def main(argv=None):
         fns["torchattacks 3.5.1 PGD loop (subclass, point SSE)"] = run(lambda: theirs(image, targets))
     except ImportError:
         print("torchattacks not installed: skipping its row (pip install torchattacks==3.5.1)")
-    rows = list(timed_rounds(fns, args.rounds).items())
+    flops = {name: count_flops(fn) for name, fn in fns.items()}
+    peak_fn, peak_flops = peak_conv(device)
+    times = interleaved({**fns, "_peak": peak_fn}, args.rounds, device)
+    peak = peak_flops / statistics.median(times.pop("_peak"))
+    ours = next(iter(times))
 
+    print(machine(device))
     print(f"\nPGD, {args.steps} steps, batch {args.batch}, {args.size}x{args.size}, DiskShapeNet(width={args.width}), "
-          f"device {device}, threads {torch.get_num_threads()}\n")
-    print("| implementation | s per attack (best of rounds) | image-steps/s | time / ours |")
-    print("|---|---|---|---|")
-    for name, seconds in rows:
-        rate = args.batch * args.steps / seconds
-        print(f"| {name} | {seconds:.2f} | {rate:.1f} | {seconds / rows[0][1]:.2f} |")
+          f"device {device}, threads {torch.get_num_threads()}, {args.rounds} interleaved rounds after 1 warm-up; "
+          f"fp32 conv peak in these rounds (median) {peak / 1e9:.1f} GFLOP/s\n")
+    print("| implementation | GFLOP/attack | s per attack best / median | image-steps/s (median) | GFLOP/s (median) "
+          "| % of conv peak | time / ours per round: min / median / max |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, secs in times.items():
+        med = statistics.median(secs)
+        ratios = sorted(a / b for a, b in zip(secs, times[ours]))
+        print(f"| {name} | {flops[name] / 1e9:.2f} | {min(secs):.2f} / {med:.2f} | {args.batch * args.steps / med:.1f} "
+              f"| {flops[name] / med / 1e9:.1f} | {100 * flops[name] / med / peak:.0f} % "
+              f"| {ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f} |")
 
-    costs = training_iteration_cost(net, args.size, args.batch, args.train_steps, device, args.train_iterations)
     k = args.train_steps
-    print(f"\nSupervisedTrainer iteration, batch {args.batch}, adv_r with PGD-{k}\n")
-    print("| clean s/it | adv_r s/it | multiple of clean | PGD-K passes in principle |")
-    print("|---|---|---|---|")
-    print(f"| {costs['std']:.2f} | {costs['adv_r']:.2f} | {costs['adv_r'] / costs['std']:.1f} | "
-          f"K+1 = {k + 1} (K forward+backward, 1 forward) + the doubled batch's step |")
+    costs, it_flops = training_iteration_cost(net, args.size, args.batch, k, device, args.train_iterations,
+                                              args.train_rounds)
+    ratios = sorted(a / c for a, c in zip(costs["adv_r"], costs["std"]))
+    print(f"\nSupervisedTrainer iteration, batch {args.batch}, adv_r with PGD-{k}, {args.train_iterations - 1} timed "
+          f"iterations per run, {args.train_rounds} rounds (clean and adv_r alternate)\n")
+    print("| arm | GFLOP/iteration | s/it best / median | GFLOP/s (median) | % of the conv peak above |")
+    print("|---|---:|---:|---:|---:|")
+    for mode, secs in costs.items():
+        med = statistics.median(secs)
+        rate = it_flops[mode] / med
+        print(f"| {mode} | {it_flops[mode] / 1e9:.2f} | {min(secs):.2f} / {med:.2f} | {rate / 1e9:.1f} "
+              f"| {100 * rate / peak:.0f} % |")
+    print(f"\nadv_r / clean per round: min {ratios[0]:.1f}, median {statistics.median(ratios):.1f}, max {ratios[-1]:.1f} "
+          f"(FLOP ratio {it_flops['adv_r'] / it_flops['std']:.1f}); PGD-{k} needs K+1 = {k + 1} passes (K forward + "
+          f"input backward, 1 forward) plus the step on the doubled batch")
+    print("\n" + machine(device) + " (at the end)")
 
 
 if __name__ == "__main__":

@@ -223,19 +223,17 @@ class DiskShapeNet(nn.Module):
         """Only the outputs named in `heads` ("pred", "seg"): the U-Net decoder runs only for "seg".
 
         The attacks use it for points-only objectives, where the decoder is most of the FLOPs. The
-        requested outputs are bit-identical to `forward`'s (the same operations in the same order);
-        a head this network does not have is absent, as in `forward`.
+        requested outputs are bit-identical to `forward`'s (the same helpers in the same order); a head
+        this network does not have is absent, as in `forward`. Always the dict, also with `export=True`.
         """
         unknown = [h for h in heads if h not in self.HEADS]
         if unknown:
             raise ValueError(f"forward_heads: unknown heads {unknown}, expected a subset of {list(self.HEADS)}")
-        if "seg" in heads and self.has_seg_head:
-            return {k: v for k, v in self.forward(x).items() if k in heads}
         self._check_input(x)
-        features = self.stem(x)
-        for stage in self.encoder:
-            features = stage(features)
+        features = self._features(x)
         out: dict[str, torch.Tensor] = {}
         if "pred" in heads and self.has_point_head:
-            out["pred"] = self.point_head(features).view(-1, self.num_points, 2) + self.mean_shape
+            out["pred"] = self._points(features[-1])
+        if "seg" in heads and self.has_seg_head:
+            out["seg"] = self._seg(features)
         return out

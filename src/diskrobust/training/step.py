@@ -1,0 +1,355 @@
+"""One training step for MONAI's SupervisedTrainer: memory layout, micro-batches and precision.
+
+`TrainingStep` is an `iteration_update` for `monai.engines.SupervisedTrainer`: the trainer, its
+handlers and events stay MONAI's, only how the step is computed changes.
+
+- channels_last: network and input in NHWC, which oneDNN (CPU) and cuDNN (GPU) often run faster.
+- micro_batch: the batch is cut into chunks whose gradients are summed before the optimiser step.
+  This is exact for DiskShapeNet because it has GroupNorm only (no batch statistics) and
+  DiskShapeLoss is a (weighted) mean over samples: each chunk's loss is scaled by its share of the
+  batch (of the summed sample weights when the batch has a "weight"), so the summed gradient is the
+  full batch's up to float rounding. Smaller chunks keep activations in cache (CPU) or memory (GPU).
+- precision: "bf16" runs the forward pass under `torch.autocast` (CPU or CUDA); the loss is always
+  computed in fp32 on fp32 copies of the outputs, and evaluation/attack scoring is untouched (the
+  evaluator does not use this step), so final scores stay fp32.
+
+Layout and chunk size change only the speed, so they may be "auto": chosen by `autotune` at the
+first batch, by timing candidates on a copy of the network (the trained network, its optimiser and
+the global random state are not touched). Precision changes the numbers and is never chosen
+automatically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How a step is computed: micro_batch None = the whole batch at once."""
+
+    channels_last: bool = False
+    micro_batch: int | None = None
+    precision: str = "fp32"
+
+    def describe(self) -> str:
+        chunks = "whole batch" if self.micro_batch is None else f"micro-batches of {self.micro_batch}"
+        layout = "channels_last" if self.channels_last else "NCHW"
+        return f"{layout}, {chunks}, {self.precision}"
+
+
+def _check_precision(precision: str, where: str = "precision") -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"{where} must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def _check_micro_batch(value, where: str = "micro_batch"):
+    if value is None or value == AUTO:
+        return value
+    if isinstance(value, str) and value.lower() in ("none", "null", "0"):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 0:
+        raise ValueError(f"{where} must be a positive integer, 0 (whole batch) or 'auto', got {value!r}")
+    return int(value) or None
+
+
+def _check_channels_last(value, where: str = "channels_last"):
+    if value == AUTO or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):  # a command-line override
+        return value.lower() == "true"
+    raise ValueError(f"{where} must be true, false or 'auto', got {value!r}")
+
+
+def _plain(t):
+    return t.as_tensor() if hasattr(t, "as_tensor") else t
+
+
+def _unwrap(network: nn.Module) -> nn.Module:
+    while hasattr(network, "module") and isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        network = network.module
+    return network
+
+
+def set_memory_format(network: nn.Module, channels_last: bool) -> nn.Module:
+    """Convert the network's 4-D parameters and buffers in place (the Parameter objects, hence an
+    optimiser's references to them, are kept)."""
+    return network.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _chunks(batch: int, micro_batch: int | None) -> list[slice]:
+    if micro_batch is None or micro_batch >= batch:
+        return [slice(0, batch)]
+    return [slice(s, min(s + micro_batch, batch)) for s in range(0, batch, micro_batch)]
+
+
+def _slice_targets(targets, part: slice):
+    if torch.is_tensor(targets):
+        return targets[part]
+    if isinstance(targets, Mapping):
+        return {k: (v[part] if torch.is_tensor(v) and v.ndim > 0 else v) for k, v in targets.items()}
+    raise TypeError(f"micro-batching needs tensor or dict targets, got {type(targets).__name__}")
+
+
+def _shares(targets, chunks: list[slice], batch: int) -> list[torch.Tensor | float]:
+    """Each chunk's share of a (weighted) per-sample mean over the whole batch."""
+    weight = targets.get("weight") if isinstance(targets, Mapping) else None
+    if weight is None:
+        return [(c.stop - c.start) / batch for c in chunks]
+    weight = _plain(weight).detach().float()
+    total = weight.sum().clamp_min(1e-12)  # DiskShapeLoss's own clamp
+    return [weight[c].sum() / total for c in chunks]
+
+
+def _float_outputs(outputs):
+    if torch.is_tensor(outputs):
+        return outputs.float()
+    if isinstance(outputs, Mapping):
+        return {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in outputs.items()}
+    return outputs
+
+
+def _cat_outputs(parts: list):
+    if len(parts) == 1:
+        return parts[0]
+    if torch.is_tensor(parts[0]):
+        return torch.cat(parts, 0)
+    return {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _is_sample_mean_loss(loss_function) -> bool:
+    from diskrobust.losses import DiskShapeLoss
+
+    return isinstance(loss_function, DiskShapeLoss) or getattr(loss_function, "sample_mean", False)
+
+
+def forward_backward(network: nn.Module, loss_function, inputs: torch.Tensor, targets, settings: StepSettings,
+                     inferer=None, no_sync=None) -> tuple[object, torch.Tensor]:
+    """Forward, loss and backward of one batch under `settings`; gradients are accumulated into
+    `.grad` (the caller zeroes them and steps the optimiser). Returns (outputs detached and
+    concatenated over chunks, in fp32; the batch loss, detached)."""
+    inputs = _plain(inputs)
+    if settings.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    batch = inputs.shape[0]
+    chunks = _chunks(batch, settings.micro_batch)
+    shares = _shares(targets, chunks, batch) if len(chunks) > 1 else [1.0]
+    run = inferer if inferer is not None else (lambda x, net: net(x))
+    outputs, total = [], None
+    for i, (part, share) in enumerate(zip(chunks, shares)):
+        chunk_targets = targets if len(chunks) == 1 else _slice_targets(targets, part)
+        # DDP: reduce gradients once, after the last chunk
+        sync = no_sync() if (no_sync is not None and i < len(chunks) - 1) else contextlib.nullcontext()
+        with sync:
+            with _autocast(inputs.device, settings.precision):
+                out = run(inputs[part], network)
+            out = _float_outputs(out)
+            loss = loss_function(out, chunk_targets).mean()
+            (loss * share).backward()
+        detached = loss.detach() * share
+        total = detached if total is None else total + detached
+        outputs.append({k: v.detach() for k, v in out.items()} if isinstance(out, Mapping) else out.detach())
+    return _cat_outputs(outputs), total
+
+
+def _synthetic_batch(network: nn.Module, batch: int, example: torch.Tensor, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, *example.shape[1:])
+    images = torch.rand(shape, generator=gen).to(example.device, example.dtype)
+    targets = {"mask": (torch.rand((batch, 1, *shape[2:]), generator=gen) > 0.5).float().to(example.device)}
+    num_points = getattr(network, "num_points", 176)
+    base = getattr(network, "mean_shape", None)
+    points = torch.randn((batch, num_points, 2), generator=gen).to(example.device)
+    targets["points"] = points + (base if base is not None else shape[-1] / 2)
+    return images, targets
+
+
+def candidate_settings(batch: int, precision: str = "fp32", channels_last="auto", micro_batch="auto",
+                       sizes: Sequence[int] = (4, 8, 16)) -> list[StepSettings]:
+    """The settings `autotune` compares for a batch of `batch`: both layouts (or the fixed one) x the
+    whole batch and the chunk sizes below it (or the fixed one)."""
+    layouts = [False, True] if channels_last == AUTO else [bool(channels_last)]
+    if micro_batch == AUTO:
+        chunks = [None] + [s for s in sizes if s < batch]
+    else:
+        chunks = [micro_batch]
+    return [StepSettings(cl, mb, precision) for cl in layouts for mb in chunks]
+
+
+def autotune(network: nn.Module, loss_function, example_inputs: torch.Tensor, precision: str = "fp32",
+             channels_last="auto", micro_batch="auto", repeats: int = 2,
+             candidates: Sequence[StepSettings] | None = None) -> tuple[StepSettings, dict]:
+    """The fastest of `candidate_settings` for batches like `example_inputs`, timed on a deep copy of
+    `network` with synthetic data of the same shape (forward + loss + backward; the optimiser step
+    does not depend on these settings). Candidates alternate within each of `repeats` rounds after
+    one warm-up round, so that a change in the machine's load hits them alike; the best time counts.
+
+    Returns (settings, {settings.describe(): [seconds per round, ...]}).
+    """
+    example_inputs = _plain(example_inputs)
+    batch = example_inputs.shape[0]
+    if candidates is None:
+        candidates = candidate_settings(batch, precision, channels_last, micro_batch)
+    candidates = list(candidates)
+    if len(candidates) == 1:
+        return candidates[0], {}
+    net = copy.deepcopy(_unwrap(network)).train()
+    images, targets = _synthetic_batch(net, batch, example_inputs)
+    device = images.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[StepSettings, list[float]] = {c: [] for c in candidates}
+    for round_ in range(repeats + 1):
+        for cand in candidates:
+            set_memory_format(net, cand.channels_last)
+            net.zero_grad(set_to_none=True)
+            sync()
+            start = time.perf_counter()
+            forward_backward(net, loss_function, images, targets, cand)
+            sync()
+            if round_ > 0:  # round 0 warms up caches, allocator and kernels
+                times[cand].append(time.perf_counter() - start)
+    del net
+    best = min(candidates, key=lambda c: min(times[c]))
+    table = {c.describe(): times[c] for c in candidates}
+    logger.info("training step autotune (batch %d): %s -> %s", batch,
+                "; ".join(f"{k}: best {min(v):.3f} s, median {statistics.median(v):.3f} s" for k, v in table.items()),
+                best.describe())
+    return best, table
+
+
+def _same_on_all_ranks(settings: StepSettings) -> StepSettings:
+    """Rank 0's choice everywhere, so that DDP ranks run the same chunks (each rank times its own)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return settings
+    box = [settings]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class TrainingStep:
+    """`SupervisedTrainer(iteration_update=TrainingStep(...))`: MONAI's iteration with a faster step.
+
+    Args:
+        channels_last: True | False | "auto" (measured at the first batch).
+        micro_batch: chunk size (int), None or 0 for the whole batch, or "auto" (measured).
+        precision: "fp32" | "bf16" (forward under autocast; loss and optimiser state in fp32).
+        autotune_repeats: timed rounds per candidate when something is "auto".
+
+    Same as MONAI's `_iteration`: prepare_batch, network.train(), zero_grad, forward (through the
+    trainer's inferer), loss, backward, optimizer.step, `engine.accumulation_steps`, and the
+    FORWARD/LOSS/BACKWARD/MODEL_COMPLETED events (with micro-batches FORWARD_COMPLETED and
+    LOSS_COMPLETED fire once, after the last chunk, with the whole batch's PRED and LOSS in
+    engine.state.output). The settings in use are `self.settings` (None until the first batch) and
+    `engine.state.training_step` (a dict); the autotune timings are `self.timings`.
+    """
+
+    def __init__(self, channels_last=False, micro_batch=None, precision: str = "fp32",
+                 autotune_repeats: int = 2):
+        self.channels_last = _check_channels_last(channels_last)
+        self.micro_batch = _check_micro_batch(micro_batch)
+        self.precision = _check_precision(precision)
+        if int(autotune_repeats) < 1:
+            raise ValueError(f"autotune_repeats must be >= 1, got {autotune_repeats}")
+        self.autotune_repeats = int(autotune_repeats)
+        self.settings: StepSettings | None = None
+        self.timings: dict = {}
+        self._batch_size: int | None = None
+
+    def _check_engine(self, engine) -> None:
+        if getattr(engine, "amp", False):
+            raise ValueError("TrainingStep: the trainer has amp=True; set the step's precision ('bf16') instead "
+                             "and leave the trainer's amp false")
+        if getattr(engine, "compile", False):
+            raise ValueError("TrainingStep does not support SupervisedTrainer(compile=True)")
+        if self.precision == "bf16":
+            device = torch.device(engine.state.device) if getattr(engine.state, "device", None) else None
+            if device is not None and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+                raise ValueError("precision 'bf16': this CUDA device does not support bfloat16; use 'fp32'")
+
+    def resolve(self, network: nn.Module, loss_function, inputs: torch.Tensor) -> StepSettings:
+        """The settings for batches like `inputs` (autotuned once per batch size when 'auto')."""
+        batch = _plain(inputs).shape[0]
+        if self.settings is not None and (self._batch_size == batch or AUTO not in (self.micro_batch,
+                                                                                    self.channels_last)):
+            return self.settings
+        if self.micro_batch is not None and self.micro_batch != AUTO and not _is_sample_mean_loss(loss_function):
+            raise ValueError(f"micro_batch={self.micro_batch}: exact only for a loss that is a (weighted) mean over "
+                             f"samples (DiskShapeLoss, or a loss with sample_mean = True); got "
+                             f"{type(loss_function).__name__}. Use micro_batch=None")
+        micro = self.micro_batch
+        if micro == AUTO and not _is_sample_mean_loss(loss_function):
+            micro = None
+        if AUTO in (micro, self.channels_last):
+            settings, self.timings = autotune(network, loss_function, inputs, self.precision, self.channels_last,
+                                              micro, self.autotune_repeats)
+            settings = _same_on_all_ranks(settings)
+        else:
+            settings = StepSettings(bool(self.channels_last), micro, self.precision)
+        set_memory_format(_unwrap(network), settings.channels_last)
+        self.settings, self._batch_size = settings, batch
+        return settings
+
+    def __call__(self, engine, batchdata):
+        from monai.engines.utils import IterationEvents
+        from monai.utils.enums import CommonKeys as Keys
+
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        self._check_engine(engine)
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        if len(batch) != 2:
+            raise ValueError("TrainingStep expects prepare_batch to return (inputs, targets)")
+        inputs, targets = batch
+        settings = self.resolve(engine.network, engine.loss_function, inputs)
+        engine.state.training_step = asdict(settings)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+
+        acc = engine.accumulation_steps
+        if acc > 1:  # MONAI's own rule for gradient accumulation over iterations
+            length = engine.state.epoch_length
+            local = (engine.state.iteration - 1) % length if length is not None else engine.state.iteration - 1
+            should_zero = local % acc == 0
+            should_step = (local + 1) % acc == 0 or (length is not None and local + 1 == length)
+        else:
+            should_zero = should_step = True
+
+        engine.network.train()
+        if should_zero:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        loss_function = engine.loss_function
+        if acc > 1:
+            def loss_function(out, tgt, _fn=engine.loss_function):
+                return _fn(out, tgt) / acc
+        pred, loss = forward_backward(engine.network, loss_function, inputs, targets, settings,
+                                      inferer=engine.inferer, no_sync=getattr(engine.network, "no_sync", None))
+        engine.state.output[Keys.PRED] = pred
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.state.output[Keys.LOSS] = loss * acc if acc > 1 else loss
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if should_step:
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
