@@ -145,3 +145,33 @@ def test_error_printer_puts_the_project_message_last():
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "x.pt: bad weights" in lines[-1]
     assert any("Traceback" in line for line in lines[:-3]) and "RuntimeError: Failed to evaluate" in proc.stderr
+
+
+def test_settings_that_take_a_second_kind_of_value(repo_root, monkeypatch):
+    """`--num_samples None` (every test patch) and `--micro_batch auto` pass the real bundles' own check
+    expressions; any other value of the wrong type is still refused."""
+    import diskrobust.robustness.workflow  # noqa: F401  (the expressions name these modules)
+    import diskrobust.training.step  # noqa: F401
+    from monai.bundle import ConfigParser
+    from monai.bundle.config_item import ConfigExpression
+
+    def run_check(config_file, *overrides):
+        config = ConfigParser.load_config_file(str(config_file))
+        [expr] = [x for x in config["initialize"] if "check_command_line" in x]
+        monkeypatch.setattr(sys, "argv", ["/x/monai/bundle/__main__.py", "run", "--config_file", str(config_file),
+                                          *overrides])
+        try:
+            ConfigExpression(expr, globals={"diskrobust": __import__("diskrobust")}).evaluate()
+        except RuntimeError as e:  # MONAI wraps what an expression raises
+            raise e.__cause__ from None
+
+    attack = repo_root / "bundles" / "lumbar_disk_attack" / "configs" / "evaluate.json"
+    train = repo_root / "bundles" / "lumbar_disk_shape" / "configs" / "train.json"
+    run_check(attack, "--num_samples", "None", "--ood#num_samples", "None")
+    with pytest.raises(ConfigError, match=r"'num_samples' expects a number, got 'all'"):
+        run_check(attack, "--num_samples", "all")
+    with pytest.raises(ConfigError, match=r"'batch_size' expects a number, got None"):
+        run_check(attack, "--batch_size", "None")
+    run_check(train, "--micro_batch", "auto", "--channels_last", "auto", "--micro_batch", "8")
+    with pytest.raises(ConfigError, match=r"'channels_last' expects true or false, got 'sometimes'"):
+        run_check(train, "--channels_last", "sometimes")

@@ -259,9 +259,12 @@ def _is_reference(value: Any) -> bool:
     return isinstance(value, str) and value[:1] in ("$", "@", "%")
 
 
-def _type_problem(cid: str, default: Any, value: Any, ids: Mapping[str, Any]) -> str | None:
+def _type_problem(cid: str, default: Any, value: Any, ids: Mapping[str, Any],
+                  also: Mapping[str, Sequence[Any]] | None = None) -> str | None:
     """Why `value` cannot replace `default` (None when it can): the type a config's default implies."""
     if _is_reference(value) or _is_reference(default) or default is None:
+        return None
+    if also and cid in also and any(value == v if v is not None else value is None for v in also[cid]):
         return None
     if isinstance(default, bool):
         if isinstance(value, bool):
@@ -299,7 +302,7 @@ def closest(key: str, candidates: Iterable[str]) -> list[str]:
 
 def check_overrides(overrides: Mapping[str, Any], config: Mapping[str, Any], *, source: str = "the config",
                     retired: Mapping[str, str] | None = None, spelled: Mapping[str, str] | None = None,
-                    run_id: str | None = None) -> None:
+                    run_id: str | None = None, also: Mapping[str, Sequence[Any]] | None = None) -> None:
     """Refuse overrides whose id is not in `config` (or whose value has the wrong type), and a missing run id.
 
     Args:
@@ -309,6 +312,8 @@ def check_overrides(overrides: Mapping[str, Any], config: Mapping[str, Any], *, 
         retired: id -> what to do instead, for settings that existed once (refused with that advice).
         spelled: id -> how the user typed it, for messages.
         run_id: the id `run` will execute; it must exist.
+        also: id -> values it takes besides those of its default's type, e.g. `{"num_samples": [None]}`
+            (None: every sample) or `{"micro_batch": ["auto"]}`.
 
     Raises ConfigError listing every problem, with the closest valid ids for unknown ones.
     """
@@ -338,7 +343,7 @@ def check_overrides(overrides: Mapping[str, Any], config: Mapping[str, Any], *, 
             problems.append(f"`{shown}`: unknown setting '{cid}' ({hint})")
             unknown.append(cid)
             continue
-        problem = _type_problem(cid, ids[cid], value, ids)
+        problem = _type_problem(cid, ids[cid], value, ids, also=also)
         if problem:
             problems.append(f"`{shown}`: '{cid}' {problem}")
     if run_id is not None and str(run_id) not in ids:
@@ -355,12 +360,13 @@ def check_overrides(overrides: Mapping[str, Any], config: Mapping[str, Any], *, 
 
 
 def check_command_line(argv: Sequence[str] | None = None, *, retired: Mapping[str, str] | None = None,
-                       force: bool = False) -> None:
+                       also: Mapping[str, Sequence[Any]] | None = None, force: bool = False) -> None:
     """Check this `python -m monai.bundle run` command line before any work (see the module docstring).
 
     Args:
         argv: the full command line (default `sys.argv`). Given explicitly, it is checked whatever it is.
         retired: id -> advice, for settings that were removed (e.g. a second config layer).
+        also: id -> values it takes besides those of its default's type (see `check_overrides`).
         force: check `sys.argv` even when this process is not `python -m monai.bundle run`.
 
     Does nothing when the bundle was created programmatically (argv None, not a bundle run, not forced).
@@ -385,7 +391,7 @@ def check_command_line(argv: Sequence[str] | None = None, *, retired: Mapping[st
     config = ConfigParser.load_config_files(files)
     source = " + ".join(files)
     check_overrides(cmd.overrides, config, source=source, retired=retired, spelled=cmd.spelled,
-                    run_id=cmd.run_args.get("run_id", "run"))
+                    run_id=cmd.run_args.get("run_id", "run"), also=also)
 
 
 # ------------------------------------------------------------------------------------------ errors

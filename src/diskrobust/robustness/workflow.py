@@ -28,12 +28,15 @@ from diskrobust.robustness.engine import run_robustness_sweep
 from diskrobust.robustness.network import check_heads, file_sha256, network_outputs
 from diskrobust.robustness.tensorboard import AttackTensorBoardLogger
 
-__all__ = ["RobustnessEvaluation", "RETIRED_SETTINGS", "attack_bundle_args", "load_sweep_config", "network_params"]
+__all__ = ["ALSO_ACCEPTED", "RETIRED_SETTINGS", "RobustnessEvaluation", "attack_bundle_args", "load_sweep_config",
+           "network_params"]
 
 logger = logging.getLogger(__name__)
 
 _PROFILE_ADVICE = ("a profile is a config file now: --config_file \"['bundles/lumbar_disk_attack/configs/evaluate.json',"
                    "'bundles/lumbar_disk_attack/configs/profiles/paper.json']\"")
+# Settings that also take null: None evaluates every test patch (SweepConfig.num_samples, OODConfig.num_samples).
+ALSO_ACCEPTED = {"num_samples": [None], "ood#num_samples": [None]}
 # Settings of earlier versions of the bundle, refused with what to do instead (bundle_checks.check_command_line).
 RETIRED_SETTINGS = {
     "profile": _PROFILE_ADVICE + " (the id `profile` only names the profile in the report)",
@@ -91,7 +94,8 @@ def load_sweep_config(*config_files: str | Path, overrides: Mapping[str, Any] | 
     files = [str(f) for f in config_files]
     merged = ConfigParser.load_config_files(files)
     source = " + ".join(files)
-    check_overrides(dict(overrides or {}), merged, source=source, retired=RETIRED_SETTINGS)
+    check_overrides(dict(overrides or {}), merged, source=source, retired=RETIRED_SETTINGS,
+                    also=ALSO_ACCEPTED)
     parser = ConfigParser(merged)
     parser.update(dict(overrides or {}))
     return SweepConfig.from_dict({k: parser[k] for k in SWEEP_SETTINGS if k in parser}, where=source)

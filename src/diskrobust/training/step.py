@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
 AUTO = "auto"
+# Values the bundle's command-line check lets through besides the defaults' types (false, 0).
+ALSO_ACCEPTED = {"channels_last": [AUTO], "micro_batch": [AUTO, None]}
 
 
 @dataclass(frozen=True)
