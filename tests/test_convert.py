@@ -426,15 +426,16 @@ def test_cli_exit_code_when_nothing_converts(tmp_path, phantoms):
 
 
 def test_mask_grid_reindexed_or_reported(tmp_path, phantoms):
+    root = tmp_path / "spider"  # the output folder must lie outside the input
     img, lab = stack(phantoms[0])
-    write_mha(tmp_path / "images/8_t2.mha", img, (0, 1, 2), (False, False, False))
+    write_mha(root / "images/8_t2.mha", img, (0, 1, 2), (False, False, False))
     # same physical grid stored mirrored and transposed: re-indexed onto the image grid
-    write_mha(tmp_path / "masks/8_t2.mha", lab, (0, 2, 1), (True, False, True))
+    write_mha(root / "masks/8_t2.mha", lab, (0, 2, 1), (True, False, True))
     # a grid shifted by 3 mm: a real mismatch
-    write_mha(tmp_path / "images/9_t2.mha", img, (0, 1, 2), (False, False, False))
-    write_mha(tmp_path / "masks/9_t2.mha", lab, (0, 1, 2), (False, False, False), origin_shift=(0, 3.0, 0))
-    tasks, _ = find_spider_series(tmp_path)
-    reps = {r["subject"]: r for r in convert_dataset("spider", tmp_path, tmp_path / "out", tasks, progress=False)["series"]}
+    write_mha(root / "images/9_t2.mha", img, (0, 1, 2), (False, False, False))
+    write_mha(root / "masks/9_t2.mha", lab, (0, 1, 2), (False, False, False), origin_shift=(0, 3.0, 0))
+    tasks, _ = find_spider_series(root)
+    reps = {r["subject"]: r for r in convert_dataset("spider", root, tmp_path / "out", tasks, progress=False)["series"]}
     assert reps["8_t2"]["status"] == "converted"
     assert any("re-indexed onto the image grid" in n for n in reps["8_t2"]["orientation_notes"])
     check_against_phantom(tmp_path / "out", "8_t2", phantoms[0])
