@@ -31,6 +31,7 @@ from diskrobust.data.convert import (
 from diskrobust.data.convert.common import convert_disks
 from diskrobust.data.convert.generic import build_label_map, find_generic_series, parse_disk_labels
 from diskrobust.data.dataset_io import load_datalist, read_contours_json, read_image
+from diskrobust.data.errors import DataError
 from diskrobust.datasets import build_patch_bank
 from diskrobust.data.phantom import PhantomConfig, generate_subject
 
@@ -425,17 +426,123 @@ def test_cli_exit_code_when_nothing_converts(tmp_path, phantoms):
 
 
 def test_mask_grid_reindexed_or_reported(tmp_path, phantoms):
+    root = tmp_path / "spider"  # the output folder must lie outside the input
     img, lab = stack(phantoms[0])
-    write_mha(tmp_path / "images/8_t2.mha", img, (0, 1, 2), (False, False, False))
+    write_mha(root / "images/8_t2.mha", img, (0, 1, 2), (False, False, False))
     # same physical grid stored mirrored and transposed: re-indexed onto the image grid
-    write_mha(tmp_path / "masks/8_t2.mha", lab, (0, 2, 1), (True, False, True))
+    write_mha(root / "masks/8_t2.mha", lab, (0, 2, 1), (True, False, True))
     # a grid shifted by 3 mm: a real mismatch
-    write_mha(tmp_path / "images/9_t2.mha", img, (0, 1, 2), (False, False, False))
-    write_mha(tmp_path / "masks/9_t2.mha", lab, (0, 1, 2), (False, False, False), origin_shift=(0, 3.0, 0))
-    tasks, _ = find_spider_series(tmp_path)
-    reps = {r["subject"]: r for r in convert_dataset("spider", tmp_path, tmp_path / "out", tasks, progress=False)["series"]}
+    write_mha(root / "images/9_t2.mha", img, (0, 1, 2), (False, False, False))
+    write_mha(root / "masks/9_t2.mha", lab, (0, 1, 2), (False, False, False), origin_shift=(0, 3.0, 0))
+    tasks, _ = find_spider_series(root)
+    reps = {r["subject"]: r for r in convert_dataset("spider", root, tmp_path / "out", tasks, progress=False)["series"]}
     assert reps["8_t2"]["status"] == "converted"
     assert any("re-indexed onto the image grid" in n for n in reps["8_t2"]["orientation_notes"])
     check_against_phantom(tmp_path / "out", "8_t2", phantoms[0])
     assert reps["9_t2"]["status"] == "failed"
     assert "geometry differs" in reps["9_t2"]["error"] and "9_t2.mha" in reps["9_t2"]["error"]
+
+
+# ----------------------------------------------------------------------------- refusals (issue 12)
+
+
+def _last_lines(capsys, n: int = 3) -> str:
+    cap = capsys.readouterr()
+    return "\n".join((cap.out + cap.err).strip().splitlines()[-n:])
+
+
+def test_convert_refuses_output_folder_in_or_around_input(tmp_path, phantoms, capsys):
+    img, lab = stack(phantoms[0])
+    root = tmp_path / "gen"
+    write_nifti(root / "img/s1.nii.gz", img, (0, 1, 2), (False, False, False))
+    write_nifti(root / "seg/s1.nii.gz", lab, (0, 1, 2), (False, False, False))
+    (root / "MR").mkdir()  # also looks like an MRSpineSeg folder, and ...
+    (root / "images").mkdir()  # ... a SPIDER one, so each converter gets past its folder check
+    (root / "link").symlink_to(root, target_is_directory=True)
+    before = {p: p.read_bytes() for p in root.rglob("*.nii.gz")}
+    generic = ["--image-pattern", "img/{subject}.nii.gz", "--mask-pattern", "seg/{subject}.nii.gz", "--disk-labels", "201,202,203,204,205"]
+    cases = [
+        ("generic", root, root, "is the input folder"),
+        ("generic", root, root / "link", "is the input folder"),  # the same folder through a symlink
+        ("generic", root, root / "img" / "out", "lies inside the input folder"),
+        ("generic", root / "img", root, "contains the input folder"),
+        ("spider", root, root, "is the input folder"),
+        ("mrspineseg", root, root / "converted", "lies inside the input folder"),
+    ]
+    for dataset, src, out, how in cases:
+        argv = ["convert", dataset, "--root", str(src), "--out", str(out), "--no-progress"]
+        rc = cli_main(argv + (generic if dataset == "generic" else []))
+        tail = _last_lines(capsys)
+        assert rc == 2, (dataset, out)
+        assert how in tail and str(src) in tail and str(out) in tail, tail
+    assert not (root / "img/out").exists() and not (root / "converted").exists()
+    assert not (root / "datalist.json").exists() and not (root / "report.json").exists()
+    assert not any((root / "images").iterdir())
+    assert {p: p.read_bytes() for p in root.rglob("*.nii.gz") if "link" not in p.parts} == before
+    with pytest.raises(DataError, match="is the input folder"):  # the library call refuses too
+        convert_dataset("generic", root, root / "link", [], progress=False)
+    # a sibling output folder is fine
+    assert cli_main(["convert", "generic", "--root", str(root), "--out", str(tmp_path / "out"), "--no-progress", *generic]) == 0
+
+
+def test_2d_image_is_reported_as_2d(tmp_path, phantoms, capsys):
+    sub = phantoms[0]
+    # MRSpineSeg with a 2D NIfTI and a plain affine
+    root = tmp_path / "MRSpineSeg"
+    (root / "train/MR").mkdir(parents=True)
+    (root / "train/Mask").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(sub.image.astype(np.float32), np.eye(4)), str(root / "train/MR/Case5.nii.gz"))
+    nib.save(nib.Nifti1Image(to_mrspineseg(sub.label[None])[0].astype(np.uint16), np.eye(4)), str(root / "train/Mask/mask_case5.nii.gz"))
+    rc = cli_main(["convert", "mrspineseg", "--root", str(root), "--out", str(tmp_path / "out_m"), "--no-progress"])
+    assert rc == 1
+    printed = capsys.readouterr().err
+    msg = f"a 2D image (shape {SHAPE}), the mrspineseg converter needs a 3D sagittal series"
+    assert f"Case5.nii.gz: {msg}" in printed, printed
+    rep = json.loads((tmp_path / "out_m/report.json").read_text())["series"][0]
+    assert rep["status"] == "failed" and msg in rep["error"]
+    # SPIDER: a single-slice .mha
+    spider = tmp_path / "spider"
+    write_mha(spider / "images/3_t2.mha", sub.image[None], (0, 1, 2), (False, False, False))
+    write_mha(spider / "masks/3_t2.mha", sub.label[None], (0, 1, 2), (False, False, False))
+    tasks, _ = find_spider_series(spider)
+    rep = convert_dataset("spider", spider, tmp_path / "out_s", tasks, progress=False)["series"][0]
+    assert rep["status"] == "failed" and "the spider converter needs a 3D sagittal series" in rep["error"], rep
+    # generic: one sagittal slice is accepted, a 2D file whose plane is not sagittal is refused as such
+    gen = tmp_path / "gen"
+    write_nifti(gen / "img/sag.nii.gz", stack(sub)[0][MID : MID + 1], (0, 1, 2), (False, False, False))
+    write_nifti(gen / "seg/sag.nii.gz", stack(sub)[1][MID : MID + 1], (0, 1, 2), (False, False, False))
+    (gen / "img").mkdir(exist_ok=True)
+    nib.save(nib.Nifti1Image(sub.image.astype(np.float32), np.eye(4)), str(gen / "img/ax.nii.gz"))
+    nib.save(nib.Nifti1Image(sub.label.astype(np.uint16), np.eye(4)), str(gen / "seg/ax.nii.gz"))
+    tasks, _ = find_generic_series(gen, "img/{subject}.nii.gz", "seg/{subject}.nii.gz", None, build_label_map("201,202,203,204,205", 100, None))
+    reps = {r["subject"]: r for r in convert_dataset("generic", gen, tmp_path / "out_g", tasks, progress=False)["series"]}
+    assert reps["sag"]["status"] == "converted", reps["sag"]
+    assert reps["ax"]["status"] == "failed" and "a 2D image" in reps["ax"]["error"] and "not a sagittal slice" in reps["ax"]["error"]
+
+
+def test_contour_point_order_is_checked_when_read(tmp_path, phantoms):
+    from diskrobust.data.contours import point_order_problem
+    from diskrobust.data.dataset_io import write_contours_json
+    from diskrobust.data.phantom import PREVALENCE_DEFAULTS, subject_contours
+
+    # every phantom contour follows the convention, pathological ones and tilted columns included
+    cfg = PhantomConfig(prevalence={k: 1.0 for k in PREVALENCE_DEFAULTS}, max_rotation_deg=20.0)
+    for seed in range(6):
+        for d in subject_contours(seed, cfg)[0]:
+            assert point_order_problem(d["points_px"]) is None, (seed, d["level"])
+    sub = phantoms[0]
+    good = [{**d, "points_px": np.asarray(d["points_px"])} for d in sub.disks]
+    ok = write_contours_json(tmp_path / "ok.json", "s", SHAPE, SPACING, good)
+    assert len(read_contours_json(ok, SHAPE)["disks"]) == len(good)
+    for name, change, match in [
+        ("reversed", lambda p: p[::-1], "clockwise"),
+        ("reversed_same_start", lambda p: np.roll(p[::-1], 1, axis=0), "clockwise"),
+        ("starts_inferior", lambda p: np.roll(p, -44, axis=0), "not the anterior-superior corner"),
+        ("starts_posterior", lambda p: np.roll(p, -132, axis=0), "not the anterior-superior corner"),
+    ]:
+        disks = [dict(d) for d in good]
+        disks[1] = {**disks[1], "points_px": change(disks[1]["points_px"])}
+        path = write_contours_json(tmp_path / f"{name}.json", "s", SHAPE, SPACING, disks)
+        with pytest.raises(DataError, match=match) as err:
+            read_contours_json(path)
+        assert f"{name}.json" in str(err.value) and "disk 1" in str(err.value)

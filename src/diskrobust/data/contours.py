@@ -42,6 +42,7 @@ __all__ = [
     "mm_to_px",
     "dice",
     "validate_contour",
+    "point_order_problem",
     "polygon_fill_torch",
 ]
 
@@ -273,6 +274,34 @@ def validate_contour(
     if abs(signed_area(p)) < 1.0:
         raise DataError(source, "contour encloses (almost) no area")
     return p
+
+
+def point_order_problem(points: np.ndarray) -> str | None:
+    """Why a (176, 2) contour breaks the documented point order, or None when it follows it.
+
+    Two checks that hold for any plausible disk shape and tilt: the orientation (anterior side down,
+    inferior endplate towards posterior, ...: a negative shoelace area with y down), and the start
+    corner (side 0, points 0-43, is the anterior side: its mean x is the smallest of the four sides;
+    a disk is ~3x wider than high, so this holds up to ~70 degrees of tilt). A reversed contour or
+    one starting at another corner fails one of them.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    if p.shape != (NUM_POINTS, 2):
+        return f"expected ({NUM_POINTS}, 2) points, got {p.shape}"
+    if signed_area(p) > 0:
+        return (
+            "points run clockwise on screen (the reverse of the convention: point 0 anterior-superior, "
+            "then down the anterior side); reverse the order"
+        )
+    side_x = p.reshape(NUM_SIDES, POINTS_PER_SIDE, 2)[:, :, 0].mean(1)
+    k = int(np.argmin(side_x))
+    if k != 0:
+        return (
+            f"point 0 is not the anterior-superior corner: side {k} (points {k * POINTS_PER_SIDE}-"
+            f"{(k + 1) * POINTS_PER_SIDE - 1}) is the most anterior, so the contour should start at point "
+            f"{k * POINTS_PER_SIDE} (roll it by {-k * POINTS_PER_SIDE})"
+        )
+    return None
 
 
 def polygon_fill_torch(points: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

@@ -60,10 +60,12 @@ def run(args: argparse.Namespace) -> int:
         find_mrspineseg_series,
         find_spider_series,
     )
+    from diskrobust.data.convert.pipeline import check_output_folder
     from diskrobust.data.errors import DataError
 
     extra = {}
     try:
+        check_output_folder(args.root, args.out)  # before anything is read or written
         if args.dataset == "spider":
             tasks, unpaired = find_spider_series(args.root)
         elif args.dataset == "mrspineseg":
@@ -93,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, extra=extra,
     )
     s = report["summary"]
+    failed = [r for r in report["series"] if r["status"] == "failed"]
+    for r in failed[:5]:
+        print(f"convert {args.dataset}: failed: {r.get('error', r['subject'])}", file=sys.stderr)
+    if len(failed) > 5:
+        print(f"convert {args.dataset}: ... and {len(failed) - 5} more failed series (see the report)", file=sys.stderr)
     print(
         f"convert {args.dataset}: {s['series_converted']}/{s['series_total']} series converted "
         f"({s['series_skipped']} skipped, {s['series_failed']} failed, {s['files_unpaired']} unpaired files); "

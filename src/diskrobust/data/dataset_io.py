@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from diskrobust import NUM_POINTS
+from diskrobust.data.contours import point_order_problem
 from diskrobust.data.errors import DataError
 
 CONTOUR_FORMAT = "diskrobust-contours/1"
@@ -287,6 +288,9 @@ def read_contours_json(path: str | Path, image_shape: Sequence[int] | None = Non
             raise DataError(path, f"{name}: expected {NUM_POINTS} points of (x, y), got shape {pts.shape}")
         if not np.isfinite(pts).all():
             raise DataError(path, f"{name}: points_px has NaN/Inf values")
+        order = point_order_problem(pts)
+        if order is not None:
+            raise DataError(path, f"{name}: {order} (docs/architecture.md, contour point order)")
         if image_shape is not None:
             h, w = shape
             outside = (pts[:, 0] < -0.5) | (pts[:, 0] > w - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > h - 0.5)

@@ -29,6 +29,7 @@ __all__ = [
     "check_orientation",
     "convert_disks",
     "convert_series",
+    "check_not_2d",
 ]
 
 _DISK_VALUES = np.arange(SPIDER_DISKS.start, SPIDER_DISKS.stop)
@@ -64,6 +65,7 @@ class SeriesTask:
     label_map: Mapping[int, int] = field(default_factory=dict)
     slice_provider: Callable[[Volume], SagittalSlice] | None = None
     source_label: str = "mask"  # what the report calls the label source
+    converter: str = "generic"  # spider and mrspineseg need 3D series; generic also takes one sagittal slice
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -316,6 +318,26 @@ def slice_from_mask(image: Volume, task: SeriesTask, options: ConvertOptions) ->
     return sl, disks_3d, ignored
 
 
+def check_not_2d(image: Volume, converter: str) -> None:
+    """Refuse a single-slice image where the converter needs a 3D series (DataError naming the file).
+
+    SPIDER and MRSpineSeg are 3D datasets: a 2D file there is a slip. The generic converter also takes
+    one sagittal slice (its singleton axis along L-R), not an axial or coronal one.
+    """
+    if not image.is_2d:
+        return
+    shape = tuple(image.file_shape or image.array.shape)
+    if converter != "generic":
+        raise DataError(image.path, f"a 2D image (shape {shape}), the {converter} converter needs a 3D sagittal series")
+    axes = find_sagittal_axes(image.affine)
+    if image.array.shape[axes.sagittal] != 1:
+        raise DataError(
+            image.path,
+            f"a 2D image (shape {shape}) that is not a sagittal slice (its header puts the single slice across "
+            "the S-I or A-P axis), the generic converter needs a 3D series or one sagittal slice",
+        )
+
+
 def convert_series(task: SeriesTask, out_dir: Path, options: ConvertOptions) -> dict:
     """Convert one series and write images/, labels/, contours/ files; returns its report entry.
 
@@ -335,6 +357,7 @@ def convert_series(task: SeriesTask, out_dir: Path, options: ConvertOptions) -> 
     }
     try:
         image = read_volume(task.image, "image")
+        check_not_2d(image, task.converter)
         if task.slice_provider is not None:
             sl = task.slice_provider(image)
             expected = [int(v) for v in np.unique(sl.labels) if int(v) in SPIDER_DISKS]

@@ -28,6 +28,12 @@ class Volume:
     array: np.ndarray  # (N0, N1, N2)
     affine: np.ndarray  # (4, 4) float64
     path: str
+    file_shape: tuple[int, ...] | None = None  # the array shape as stored, before a 2D slice got its third axis
+
+    @property
+    def is_2d(self) -> bool:
+        """One slice only: a 2D file, or a 3D one with a single voxel along an axis."""
+        return min(self.array.shape) == 1
 
     @property
     def spacing(self) -> np.ndarray:
@@ -61,6 +67,7 @@ def read_volume(path: str | Path, what: str = "image") -> Volume:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise DataError(path, f"cannot read {what} (corrupt or unsupported): {type(err).__name__}: {first}") from err
     arr = np.asarray(data)
+    file_shape = tuple(int(n) for n in arr.shape)
     affine = np.asarray(meta["affine"], dtype=np.float64)
     if arr.ndim == 2 and affine.shape == (4, 4):
         arr = arr[:, :, None]  # a 2D NIfTI keeps its 3D affine: the third axis is the through-plane one
@@ -72,7 +79,7 @@ def read_volume(path: str | Path, what: str = "image") -> Volume:
         raise DataError(path, f"{what} has a singular affine (zero spacing or degenerate direction)")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise DataError(path, f"{what} has {int((~np.isfinite(arr)).sum())} NaN/Inf voxels")
-    return Volume(array=arr, affine=affine, path=str(path))
+    return Volume(array=arr, affine=affine, path=str(path), file_shape=file_shape)
 
 
 @dataclass

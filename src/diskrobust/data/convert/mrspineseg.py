@@ -55,6 +55,6 @@ def find_mrspineseg_series(root: str | Path) -> tuple[list[SeriesTask], list[dic
                 unpaired.append({"path": str(p), "problem": f"no mask {mask_dir.name}/mask_case{n}.nii.gz"})
                 continue
             subject = f"{prefix}Case{n}"
-            tasks.append(SeriesTask(subject=subject, patient=subject, image=p, mask=masks[n], label_map=MRSPINESEG_LABEL_MAP))
+            tasks.append(SeriesTask(subject=subject, patient=subject, image=p, mask=masks[n], label_map=MRSPINESEG_LABEL_MAP, converter="mrspineseg"))
         unpaired += [{"path": str(p), "problem": f"no image MR/Case{n}.nii.gz"} for n, p in masks.items() if n not in seen]
     return tasks, unpaired

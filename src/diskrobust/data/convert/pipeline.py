@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 from diskrobust.data.convert.common import ConvertOptions, SeriesTask, convert_series
 from diskrobust.data.convert.report import REPORT_FORMAT, summarise, write_report
 from diskrobust.data.dataset_io import SPLITS, write_datalist
+from diskrobust.data.errors import DataError
 
-__all__ = ["split_patients", "convert_dataset"]
+__all__ = ["split_patients", "check_output_folder", "convert_dataset"]
 
 
 def split_patients(patients: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, str]:
@@ -41,6 +42,27 @@ def split_patients(patients: Sequence[str], fractions: Sequence[float], seed: in
     return {unique[j]: names[k] for k, j in enumerate(order)}
 
 
+def check_output_folder(root: str | Path, out: str | Path) -> None:
+    """Refuse an output folder that is, contains or lies inside the input folder (symlinks resolved).
+
+    Writing images/, labels/ and the report there would overwrite or mix with the source files.
+    """
+    root_r, out_r = Path(root).resolve(), Path(out).resolve()
+    if out_r == root_r:
+        how = "is the input folder"
+    elif out_r in root_r.parents:
+        how = "contains the input folder"
+    elif root_r in out_r.parents:
+        how = "lies inside the input folder"
+    else:
+        return
+    raise DataError(
+        out,
+        f"the output folder {how} ({root}; resolved: --out {out_r}, --root {root_r}): converting would "
+        "overwrite or mix with the source files. Choose an --out outside --root (and not above it).",
+    )
+
+
 def convert_dataset(
     dataset: str,
     root: str | Path,
@@ -58,6 +80,7 @@ def convert_dataset(
     Returns the report dict. Series of one patient always share a split. Subjects must be unique.
     """
     options = options or ConvertOptions()
+    check_output_folder(root, out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = [t.subject for t in tasks]

@@ -60,6 +60,7 @@ def find_spider_series(root: str | Path) -> tuple[list[SeriesTask], list[dict]]:
                 image=img,
                 mask=masks[stem],
                 label_map=SPIDER_LABEL_MAP,
+                converter="spider",
                 extra={"sequence": stem.split("_", 1)[1] if "_" in stem else ""},
             )
         )
