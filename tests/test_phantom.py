@@ -595,3 +595,31 @@ def test_go_no_go_gate_holds_for_the_default_phantom_and_fails_without_variation
         turned.append({"split": "training" if i < 42 else "test", "subject": str(i), "level": "L3/L4", "points_mm": base @ r.T + rng.uniform(-5, 5, 2)})
     st = stats_from_disks(turned)
     assert not st["gate"]["passes"] and st["procrustes"]["mean_point_distance_mm"] < 1e-6
+
+
+def test_an_interrupted_phantom_is_recognised_and_generated_again(tmp_path):
+    """A run killed while writing its phantom leaves the project's in-progress marker and no datalist:
+    the next run regenerates the folder (same seed, same bytes) instead of refusing it as foreign data."""
+    import subprocess
+    import sys
+    import time
+
+    from diskrobust.data.phantom.writer import IN_PROGRESS_MARKER
+
+    folder = tmp_path / "killed"
+    code = ("import sys; from diskrobust.data.phantom import write_phantom_dataset, PhantomConfig; "
+            "write_phantom_dataset(sys.argv[1], subjects=40, seed=3, config=PhantomConfig(shape=(128, 128), "
+            "spacing_mm=(2.4, 2.4)), progress=False, workers=1)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(folder)])
+    deadline = time.time() + 120
+    while not (folder / "images").is_dir() or not any((folder / "images").iterdir()):
+        assert time.time() < deadline and child.poll() is None, "the generator never started writing"
+        time.sleep(0.05)
+    child.kill()
+    child.wait()
+    assert (folder / IN_PROGRESS_MARKER).is_file() and not (folder / "datalist.json").exists()
+    dl = ensure_phantom(folder, subjects=2, seed=3, config=SMALL, progress=False)
+    assert dl.is_file() and not (folder / IN_PROGRESS_MARKER).exists()
+    assert len(list((folder / "images").iterdir())) == 2  # the killed run's extra subjects are gone
+    fresh = ensure_phantom(tmp_path / "fresh", subjects=2, seed=3, config=SMALL, progress=False)
+    assert _sha(dl) == _sha(fresh)

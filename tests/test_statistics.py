@@ -259,7 +259,7 @@ def test_budget_rows_feed_the_findings():
 
 
 def test_findings_from_written_csv_files(tmp_path):
-    from diskrobust.study.results import ROW_COLUMNS, write_rows_csv
+    from diskrobust.robustness.results import ROW_COLUMNS, write_rows_csv
     from diskrobust.study.statistics import StatisticsConfig, decide_findings, findings_summary_markdown, load_arm_rows
 
     rng = np.random.default_rng(0)

@@ -184,7 +184,7 @@ def mean_shape_baseline(datalist, shape_pca_path, patch_size: int, patch_spacing
     """`mean_shape_rows` of the mean of a trained arm's shape model (`models/shape_pca.npz`, fitted on its
     training split) on the first `num_samples` patches of `split`: the constant predictor next to that arm."""
     from diskrobust.datasets import DiskPatchDataset
-    from diskrobust.study.sweep import load_test_set
+    from diskrobust.robustness.testset import load_test_set
     from diskrobust.transforms.shape_augment import ShapePCA
 
     pca = ShapePCA.load(shape_pca_path)

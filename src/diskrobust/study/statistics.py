@@ -166,6 +166,17 @@ def bootstrap_pvalue(replicates: np.ndarray, threshold: float, side: str) -> flo
     return float((1 + null) / (reps.size + 1))
 
 
+def _check_keys(cls, d, where: str) -> None:
+    """A config section is an object whose keys are the dataclass's fields (a misspelt key is refused)."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{where} must be an object, got {type(d).__name__}")
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+
+
+
 def holm(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Holm's step-down correction: (reject (m,) bool, adjusted p-values (m,)) in the input order.
 
@@ -214,12 +225,7 @@ class FindingSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = "finding") -> FindingSpec:
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{where} must be an object, got {type(d).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        _check_keys(cls, d, where)
         missing = [k for k in ("id", "claim", "a", "b", "metric", "direction", "smallest_effect") if k not in d]
         if missing:
             raise ValueError(f"{where}: missing key(s) {missing}")
@@ -392,12 +398,7 @@ class StatisticsConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = "statistics") -> StatisticsConfig:
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{where} must be an object, got {type(d).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        _check_keys(cls, d, where)
         cfg = cls(**{k: v for k, v in d.items() if k != "findings"})
         if not (0.0 < cfg.alpha < 0.5):
             raise ValueError(f"{where}.alpha must lie in (0, 0.5), got {cfg.alpha!r}")
@@ -439,7 +440,7 @@ def findings_summary_markdown(results: Sequence[FindingResult], digits: int = 2)
 
 def load_arm_rows(per_sample_csvs: Mapping[str, Mapping[int, str]]) -> dict[str, dict[int, list[dict]]]:
     """{arm: {seed: per_sample.csv path}} -> {arm: {seed: rows}} (the sweep's CSV, `results.read_rows_csv`)."""
-    from diskrobust.study.results import read_rows_csv
+    from diskrobust.robustness.results import read_rows_csv
 
     return {arm: {int(seed): read_rows_csv(path) for seed, path in by_seed.items()}
             for arm, by_seed in per_sample_csvs.items()}

@@ -4,6 +4,7 @@ phantom.json; ``ensure_phantom``; PNG rendering with the contours."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,9 @@ def _write_one(job: tuple[int, int, str, dict, str]) -> dict:
     return {"subject": name, "seed": seed, "split": split, "contours_noisy": bool(noisy), "params": subj.params}
 
 
+IN_PROGRESS_MARKER = ".phantom-in-progress.json"
+
+
 def write_phantom_dataset(
     out_dir: str | Path,
     subjects: int,
@@ -87,6 +91,9 @@ def write_phantom_dataset(
         raise ValueError(f"split must be three non-negative fractions (training, validation, test) summing to 1, got {split}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Marks the folder as this project's phantom while it is being written: a run killed half-way
+    # leaves it, and ensure_phantom then regenerates the folder instead of refusing it as foreign data.
+    _atomic_write_json(out / IN_PROGRESS_MARKER, {"generator": "diskrobust.data.phantom", "subjects": subjects, "seed": seed})
     seeds = subject_seeds(seed, subjects)
     counts = _split_counts(subjects, split)
     split_of = ["training"] * counts[0] + ["validation"] * counts[1] + ["test"] * counts[2]
@@ -131,7 +138,9 @@ def write_phantom_dataset(
         },
     )
     # written last: its presence marks a complete dataset (see ensure_phantom)
-    return write_datalist(out / "datalist.json", splits)
+    datalist = write_datalist(out / "datalist.json", splits)
+    (out / IN_PROGRESS_MARKER).unlink(missing_ok=True)
+    return datalist
 
 
 def _warn_if_other_phantom(d: Path, subjects: int, seed: int, config: PhantomConfig | None) -> None:
@@ -167,7 +176,14 @@ def ensure_phantom(dataset_dir: str | Path, subjects: int = 100, seed: int = 0, 
     if d.exists():
         if not d.is_dir():
             raise DataError(d, "dataset path exists and is not a folder")
-        if any(d.iterdir()):
+        if (d / IN_PROGRESS_MARKER).is_file():
+            logging.getLogger(__name__).warning("%s: a phantom generation was interrupted here; generating it again", d)
+            import shutil
+
+            for name in ("images", "labels", "contours", "contours_exact"):  # only what the generator writes
+                if (d / name).is_dir():
+                    shutil.rmtree(d / name)
+        elif any(d.iterdir()):
             raise DataError(d, "folder is not empty and holds no datalist.json; refusing to generate the phantom into it (empty it or pick another folder)")
     return write_phantom_dataset(d, subjects=subjects, seed=seed, config=config, progress=progress)
 
