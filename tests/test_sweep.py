@@ -133,6 +133,9 @@ def test_profiles_load_and_overrides_merge(repo_root):
     assert (paper.ood.eps_rms, paper.ood.steps, paper.ood.lr, paper.ood.optimizer) == ([0.3125], 4000, 0.01, "adamax")
     assert sweep_config.absolute_l2(paper.ood.eps_rms[0], (128, 128)) == 40.0
     assert paper.num_samples is None and paper.ind.heads == quick.ind.heads
+    # the paper profile adds the ensemble on PGD's grid; the quick profile leaves it out for time
+    assert paper.ind.attacks == ["linf", "autoattack_linf"] and paper.ind.eps["autoattack_linf"] == paper.ind.eps["linf"]
+    assert quick.ind.attacks == ["linf"] and paper.ind.queries == 1000
     assert quick.ind.steps <= 20 and quick.ood.steps <= 200 and quick.num_samples <= 16
     # the quick default keeps the start image visible: RMS 0.05 is a tenth of a [0, 1] image's range
     assert quick.ood.eps_rms == [0.05]
@@ -388,3 +391,61 @@ def test_unit_fingerprint_covers_data_model_and_every_attack_parameter():
     for key in ("model", "data", "seed", "batch_size"):
         other = prints(small_config(), {**base, key: "x"})
         assert all(other[k] != ref[k] for k in ref), key
+
+
+def test_autoattack_kind_rows_member_and_masking_audit(tmp_path, data_and_model):
+    """The ensemble as an IND kind: its rows name the member that found each worst case; every report
+    starts with the masking audit (computed from the rows, gaps "skipped" with a reason) and aggregate.json has it."""
+    items, net = data_and_model
+    out = tmp_path / "aa"
+    cfg = small_config(num_samples=4, batch_size=4,
+                       ind={"attacks": ["linf", "autoattack_linf"], "heads": ["points", "both"], "steps": 3,
+                            "queries": 10, "eps": {"linf": [0.05, 0.2]}},
+                       ood={"enabled": False})
+    res = run_robustness_sweep(net, items, cfg, out, progress=False)
+    # clean + linf (2 heads x 2 eps) + autoattack_linf (points only: "both" is one of its members) x 2 eps
+    assert len(res["computed"]) == 1 + 4 + 2
+    with open(out / "per_sample.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    aa = [r for r in rows if r["attack"] == "autoattack_linf"]
+    assert len(aa) == 2 * 4 and {r["head"] for r in aa} == {"points"}
+    members = {"clean", "apgd-points-sse", "apgd-points-mae", "apgd-both-sse", "square"}
+    assert all(r["member"] in members for r in aa) and any(r["member"] != "clean" for r in aa), [r["member"] for r in aa]
+    assert all(r["member"] == "" for r in rows if r["attack"] != "autoattack_linf")
+    assert all(float(r["delta_linf"]) <= float(r["eps"]) + 1e-6 for r in aa)
+    # the ensemble is at least as strong as the PGD it contains members like, per sample at each eps
+    pgd = {(r["sample_id"], r["eps"]): float(r["point_error_px"]) for r in rows
+           if r["attack"] == "linf" and r["head"] == "points"}
+    assert np.mean([float(r["point_error_px"]) for r in aa]) >= 0.9 * np.mean(list(pgd.values()))
+
+    report = (out / "report.md").read_text()
+    first_section = re.search(r"^## .*$", report, re.M).group(0)
+    assert first_section == "## Gradient-masking audit", report[:400]
+    assert report.index("Gradient-masking audit") < report.index("Settings as run")
+    assert "| monotone_in_eps |" in report and "member" in report.split("Columns of `per_sample.csv`")[1]
+
+    audit = json.loads((out / "aggregate.json").read_text())["masking_audit"]
+    assert audit["white_box"]["attack"] == "autoattack_linf" and audit["status"] in ("pass", "warn", "fail", "skipped")
+    by_name = {i["name"]: i for i in audit["items"]}
+    assert by_name["monotone_in_eps"]["status"] != "skipped"
+    assert sorted(by_name["monotone_in_eps"]["numbers"]["per_step"]) == ["0->0.05", "0.05->0.2"]
+    for name in ("white_vs_query", "white_vs_noise", "more_steps", "more_restarts", "transfer"):
+        assert by_name[name]["status"] == "skipped" and by_name[name]["message"].startswith("skipped: "), by_name[name]
+
+
+def test_masking_audit_from_rows_flags_a_falling_curve():
+    """The audit of a sweep's rows fails when the white-box error falls as eps grows (gradient masking)."""
+    from diskrobust.robustness.sweep_audit import sweep_audit
+
+    def row(sweep_, attack, eps, sid, err):
+        return {"sweep": sweep_, "attack": attack, "head": "points" if sweep_ == "ind" else "none", "eps": eps,
+                "sample_id": sid, "point_error_px": err, "seg_dice": float("nan")}
+
+    rows = [row("clean", "none", 0.0, s, 1.0 + 0.01 * s) for s in range(5)]
+    rows += [row("ind", "linf", 0.1, s, 3.0 + 0.01 * s) for s in range(5)]
+    rows += [row("ind", "linf", 0.2, s, 1.5 + 0.01 * s) for s in range(5)]
+    items, source = sweep_audit(rows)
+    assert source["white_box"]["attack"] == "linf"
+    assert {i.name: i.status for i in items}["monotone_in_eps"] == "fail"
+    ok = [r if r["eps"] != 0.2 else {**r, "point_error_px": r["point_error_px"] + 3} for r in rows]
+    assert {i.name: i.status for i in sweep_audit(ok)[0]}["monotone_in_eps"] == "pass"

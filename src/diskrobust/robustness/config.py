@@ -31,7 +31,9 @@ __all__ = [
 
 # IND attack name -> the norm its budget is measured in. A new IND attack kind (e.g. APGD) is added
 # here and in `diskrobust.robustness.engine.IND_ATTACK_BUILDERS` (how to build it for one unit).
-IND_ATTACKS = {"linf": "linf", "l2": "l2"}
+IND_ATTACKS = {"linf": "linf", "l2": "l2", "autoattack_linf": "linf", "autoattack_l2": "l2"}
+# The ensemble (diskrobust.attacks.RegressionAutoAttack) without its own ind#eps grid uses the PGD grid of its norm.
+_GRID_FALLBACK = {"autoattack_linf": "linf", "autoattack_l2": "l2"}
 # Attacked head -> the network outputs it needs.
 HEADS = {"points": ("pred",), "seg": ("seg",), "both": ("pred", "seg")}
 OOD_STARTS = ("uniform_noise", "box_noise", "natural")
@@ -99,6 +101,7 @@ class IndConfig:
     random_start: bool = True
     restarts: int = 1
     point_loss: str = "sse"
+    queries: int = 1000  # Square queries per sample of the autoattack_* ensemble (0: APGD members only)
     enabled: bool = True
 
     def validate(self, where: str = "ind#") -> IndConfig:
@@ -109,6 +112,8 @@ class IndConfig:
         unknown = [name for name in self.eps if name not in IND_ATTACKS]
         if unknown:
             raise ConfigError(None, f"{where}eps", f"unknown attack name(s) {unknown}; known: {list(IND_ATTACKS)}")
+        self.eps = {**{a: self.eps[_GRID_FALLBACK[a]] for a in self.attacks
+                       if a not in self.eps and _GRID_FALLBACK.get(a) in self.eps}, **self.eps}
         missing = [a for a in self.attacks if a not in self.eps]
         if missing:
             raise ConfigError(None, f"{where}eps", f"has no budget grid for attack(s) {missing}")
@@ -121,6 +126,7 @@ class IndConfig:
         self.update = _choice(self.update, _UPDATES, f"{where}update")
         self.random_start = as_bool(self.random_start, f"{where}random_start")
         self.point_loss = _choice(self.point_loss, _POINT_LOSSES, f"{where}point_loss")
+        self.queries = check_number(self.queries, f"{where}queries", minimum=0, integer=True)
         return self
 
 

@@ -7,7 +7,8 @@ computed here one at a time, then summarised by `diskrobust.robustness.results`.
 
 Sweep kinds (`SWEEP_KINDS`: the name of a unit's sweep -> the Runner method that computes it):
     clean  the network on the test patches; the eps = 0 point of every IND curve.
-    ind    an IND attack (`IND_ATTACK_BUILDERS`: "linf" and "l2" PGD, `diskrobust.attacks.PGD`),
+    ind    an IND attack (`IND_ATTACK_BUILDERS`: "linf" and "l2" PGD, `diskrobust.attacks.PGD`; "autoattack_linf"
+           and "autoattack_l2" the `RegressionAutoAttack` ensemble, whose rows name the winning `member`),
            untargeted, per attacked head ("points": point SSE, "seg": 1 - soft Dice, "both": their sum),
            per budget; metrics vs the true contour.
     ood    `diskrobust.attacks.OODAttack` from start images ("uniform_noise", "box_noise", "natural":
@@ -38,6 +39,7 @@ from diskrobust.robustness import results
 from diskrobust.robustness.config import SweepConfig
 from diskrobust.robustness.network import check_heads, model_fingerprint, network_outputs
 from diskrobust.robustness.results import METRICS
+from diskrobust.robustness.sweep_audit import audit_json, audit_markdown
 from diskrobust.robustness.tensorboard import AttackTensorBoardLogger
 from diskrobust.robustness.testset import TestSet, load_test_set
 from diskrobust.robustness.units import (EventLog, Unit, derive_seed, load_unit, plan_units, unit_fingerprint,
@@ -55,9 +57,19 @@ def _pgd(model: nn.Module, unit: Unit, seed: int, progress: bool):
                point_loss=p["point_loss"], restarts=p["restarts"], seed=seed, progress=progress)
 
 
+def _autoattack(model: nn.Module, unit: Unit, seed: int, progress: bool):
+    from diskrobust.attacks.autoattack import RegressionAutoAttack
+
+    p = unit.params
+    return RegressionAutoAttack(model, eps=unit.eps, norm=unit.norm, criterion=unit.head, steps=p["steps"],
+                                restarts=p["restarts"], queries=p["queries"], seed=seed, progress=progress)
+
+
 # IND attack name -> builder(model, unit, seed, progress) -> an attack called as attack(images, targets),
-# returning images, losses and deltas (diskrobust.attacks.AttackResult). Add new attack kinds here.
-IND_ATTACK_BUILDERS: dict[str, Callable] = {"linf": _pgd, "l2": _pgd}
+# returning images, losses and deltas (diskrobust.attacks.AttackResult; an EnsembleResult also names the
+# member that found each sample's worst case). Add new attack kinds here.
+IND_ATTACK_BUILDERS: dict[str, Callable] = {"linf": _pgd, "l2": _pgd, "autoattack_linf": _autoattack,
+                                            "autoattack_l2": _autoattack}
 
 
 def _metrics_module():
@@ -93,7 +105,7 @@ def _evaluate(model: nn.Module, images: torch.Tensor, ref_points: torch.Tensor |
 
 
 def _rows(unit: Unit, ids: Sequence[int], test: TestSet, metrics: Mapping, losses, deltas: torch.Tensor | None,
-          reference: str) -> list[dict]:
+          reference: str, member: Sequence[str] | None = None) -> list[dict]:
     b = len(ids)
     if deltas is not None:
         flat = deltas.detach().flatten(1).float().cpu()
@@ -110,6 +122,7 @@ def _rows(unit: Unit, ids: Sequence[int], test: TestSet, metrics: Mapping, losse
             "reference": reference,
             **{k: float(metrics[k][j]) for k in METRICS},
             "attack_loss": float(losses[j]), "delta_linf": float(linf[j]), "delta_l2": float(l2[j]),
+            "member": "" if member is None else member[j],
         })
     return rows
 
@@ -209,7 +222,7 @@ class Runner:
                                                       self.progress and p["steps"] >= self.INNER_BAR_STEPS)
             res = attack(x, {"points": points, "mask": mask})
             met = _evaluate(self.model, res.images, points, mask, mask, self.test.spacing_mm)
-            rows += _rows(unit, ids, self.test, met, res.losses, res.deltas, "truth")
+            rows += _rows(unit, ids, self.test, met, res.losses, res.deltas, "truth", getattr(res, "member", None))
             if b == 0 and self.tb is not None and self.tb.num_images:
                 clean_pred = self.clean_predictions()
                 self.tb.log_ind_examples(unit.prefix, unit.eps, ids, x.cpu(), res.images.cpu(), points.cpu(),
@@ -340,8 +353,12 @@ def run_robustness_sweep(model: nn.Module, dataset, config: SweepConfig | Mappin
         per_sample.append({**r, "within_tolerance": "" if math.isnan(err) else int(err <= cfg.tolerance_px)})
     files["per_sample"] = results.write_rows_csv(out / "per_sample.csv", per_sample,
                                                  columns=results.ROW_COLUMNS + ("within_tolerance",))
-    files["aggregate"] = atomic_write_json(out / "aggregate.json", {"profile": cfg.profile, **agg})
-    report = results.markdown_report(agg, report_header(cfg, info, test), spacing_mm=test.spacing_mm)
+    # The masking audit goes first: a defence that only hides its gradients is flagged before any number.
+    files["aggregate"] = atomic_write_json(out / "aggregate.json", {"profile": cfg.profile,
+                                                                    "masking_audit": audit_json(all_rows), **agg})
+    header = report_header(cfg, info, test)
+    header = header[:2] + audit_markdown(all_rows) + [""] + header[2:]
+    report = results.markdown_report(agg, header, spacing_mm=test.spacing_mm)
     files["report"] = atomic_write_text(out / "report.md", report)
     files["plots"] = results.plot_curves(agg, out / "plots")
     if tb is not None:
@@ -374,11 +391,16 @@ def report_header(cfg: SweepConfig, info: Mapping, test: TestSet) -> list[str]:
     lines.append(f"- test patches: {len(test)} of {h} x {w} px from `{test.source}` (patch spacing "
                  f"{test.spacing_mm:g} mm/px), seed {cfg.seed}, batch {cfg.batch_size}")
     if ind.enabled:
-        grids = "; ".join(f"{a}: eps {_budgets(ind.eps[a], a, size)}" for a in ind.attacks)
+        from diskrobust.robustness.config import IND_ATTACKS
+
+        grids = "; ".join(f"{a}: eps {_budgets(ind.eps[a], IND_ATTACKS[a], size)}" for a in ind.attacks)
         lines.append(f"- IND: PGD, {ind.steps} steps, step = eps x {ind.step_ratio:g}, update {ind.update}, "
                      f"random start {'yes' if ind.random_start else 'no'}, {ind.restarts} restart(s), "
                      f"heads {', '.join(ind.heads)}, point loss {ind.point_loss}; {grids}")
-        if "l2" in ind.attacks:
+        if any(a.startswith("autoattack") for a in ind.attacks):
+            lines.append(f"  (autoattack_*: RegressionAutoAttack, APGD {ind.steps} steps x {ind.restarts} restart(s) "
+                         f"per objective, then Square with {ind.queries} queries; heads points, seg only)")
+        if any(IND_ATTACKS[a] == "l2" for a in ind.attacks):
             lines.append("  (L2 budgets are per pixel as an RMS; the absolute L2 radius, in brackets, is "
                          f"RMS x sqrt({h} x {w}))")
     else:

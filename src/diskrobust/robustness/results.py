@@ -42,6 +42,7 @@ __all__ = [
 ROW_COLUMNS = (
     "sample_id", "subject", "level", "sweep", "attack", "norm", "head", "eps", "eps_rms", "steps", "reference",
     "point_error_px", "point_error_mm", "polygon_dice", "seg_dice", "attack_loss", "delta_linf", "delta_l2",
+    "member",
 )
 _INT_COLUMNS = {"sample_id", "steps"}
 _FLOAT_COLUMNS = {"eps", "eps_rms", "point_error_px", "point_error_mm", "polygon_dice", "seg_dice", "attack_loss",
@@ -196,7 +197,8 @@ def _table(groups: Sequence[Mapping], metric: str | None, digits: int, with_auc:
 COLUMN_NOTES: dict[str, str] = {
     "sample_id, subject, level": "the test patch (index in the test split, its subject and disk level)",
     "sweep": "clean (no attack), ind (attack on the test patch) or ood (attack on a start image that is not spine MR)",
-    "attack, norm, head": "the IND attack (linf, l2) or the OOD start kind, the norm of its budget, the attacked "
+    "attack, norm, head": "the IND attack (linf, l2: PGD; autoattack_linf, autoattack_l2: the RegressionAutoAttack "
+                          "ensemble) or the OOD start kind, the norm of its budget, the attacked "
                           "network head (points, seg or both)",
     "eps": "the budget in the attack's norm as the attack used it: the L-inf radius, or the absolute L2 radius",
     "eps_rms": "an L2 budget per pixel (RMS = eps / sqrt(H x W)); empty for L-inf and clean rows",
@@ -209,6 +211,8 @@ COLUMN_NOTES: dict[str, str] = {
     "attack_loss": "the attack objective at the returned image; empty (nan) by design for clean rows and for OOD "
                    "budget 0, where no attack ran",
     "delta_linf, delta_l2": "size of the perturbation actually applied (image minus start image)",
+    "member": "autoattack_* rows: the ensemble member whose result was this sample's worst case (apgd-<objective>, "
+              "square, or clean when no member beat the clean image); empty for other rows",
     "within_tolerance": "1 when point_error_px <= the tolerance, else 0",
 }
 START_DISTANCE_NOTE = ("OOD budget 0 is the start-image distance: the network's output on the unattacked start "
@@ -222,7 +226,7 @@ def markdown_report(agg: Mapping, header_lines: Sequence[str] = (), spacing_mm: 
     tol = agg["tolerance_px"]
     skip = {"point_error_mm"} if spacing_mm is not None and float(spacing_mm) == 1.0 else set()
     out = list(header_lines)
-    sections = [("ind", "IND sweep (PGD on test images; error vs the true contour; eps 0 = clean)"),
+    sections = [("ind", "IND sweep (PGD or the autoattack ensemble on test images; error vs the true contour; eps 0 = clean)"),
                 ("ood", "OOD sweep (start images attacked towards the network's outputs on test images; "
                         "error vs that target; eps 0 = the start image before the attack)")]
     for sweep, title in sections:

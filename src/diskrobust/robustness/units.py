@@ -69,13 +69,21 @@ def plan_units(cfg: SweepConfig, image_size: Sequence[int]) -> list[Unit]:
     if cfg.ind.enabled:
         for attack in cfg.ind.attacks:
             norm = IND_ATTACKS[attack]
+            ensemble = attack.startswith("autoattack")
             for head in cfg.ind.heads:
+                if ensemble and head == "both":
+                    continue  # the ensemble's "points" criterion already runs APGD on both heads as a member
                 for budget in cfg.ind.eps[attack]:
                     rms = budget if norm == "l2" else None
                     eps = absolute_l2(budget, image_size) if norm == "l2" else budget
-                    params = {"steps": cfg.ind.steps, "step_size": eps * cfg.ind.step_ratio, "update": cfg.ind.update,
-                              "random_start": cfg.ind.random_start, "restarts": cfg.ind.restarts,
-                              "point_loss": cfg.ind.point_loss, "eps": eps, "eps_rms": rms, "norm": norm}
+                    if ensemble:  # parameter-free: APGD picks its own step sizes
+                        params = {"steps": cfg.ind.steps, "restarts": cfg.ind.restarts, "queries": cfg.ind.queries,
+                                  "eps": eps, "eps_rms": rms, "norm": norm}
+                    else:
+                        params = {"steps": cfg.ind.steps, "step_size": eps * cfg.ind.step_ratio,
+                                  "update": cfg.ind.update, "random_start": cfg.ind.random_start,
+                                  "restarts": cfg.ind.restarts, "point_loss": cfg.ind.point_loss, "eps": eps,
+                                  "eps_rms": rms, "norm": norm}
                     units.append(Unit("ind", attack, norm, head, eps, cfg.ind.steps, params, rms))
     if cfg.ood.enabled:
         for start in cfg.ood.starts:
