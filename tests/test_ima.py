@@ -59,7 +59,7 @@ def test_pgd_takes_one_budget_per_sample():
 
 def test_budget_rule_on_given_outcomes():
     h = AdaptiveMarginTrainingHandler(eps=0.05, eps_step=0.02, shrink_step=0.01, eps_init=0.02, eps_min=0.005)
-    assert h.update_budgets(["a", "b", "c", "c"], [True, False, True, False]) == {"a": True, "b": False, "c": False}
+    assert h.update_budgets(["a", "b", "c", "c"], [True, False, False, True]) == {"a": True, "b": False, "c": False}
     # a grows by the step, b and c (one of c's two copies was fooled) shrink
     assert h.budgets == pytest.approx({"a": 0.04, "b": 0.01, "c": 0.01})
     h.update_budgets(["a", "b", "b"], [True, False, False])
