@@ -216,3 +216,25 @@ def test_bundle_ima_arm_logs_budgets_and_resumes_them(tiny_phantom, tmp_path):
     assert restored == pytest.approx(dict(zip(keys, eps.tolist())))
     second = _checkpoint(out, 2)["adversarial"]
     assert set(second["keys"]) >= set(keys)
+
+
+def test_study_arms_fast_r_and_ima_reach_the_bundle_with_their_configs(tmp_path):
+    from diskrobust.study.grid import load_study_config
+    from diskrobust.study.stages import train_stage
+
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({"name": "g", "shape_modes": [3], "methods": ["std", "fast_r", "ima"],
+                                "adversarial": {"adv_steps": 2, "ima_tolerance_px": 1.5}}))
+    cfg = load_study_config(path, tmp_path / "out")
+    commands = {arm.method: train_stage(cfg, arm)[0] for arm in cfg.arms}
+    files = {m: json.loads(c[c.index("--config_file") + 1]) if "[" in c[c.index("--config_file") + 1]
+             else [c[c.index("--config_file") + 1]] for m, c in commands.items()}
+    assert [Path(f).name for f in files["ima"]] == ["train.json", "train_adversarial.json", "train_ima.json"]
+    assert [Path(f).name for f in files["fast_r"]] == ["train.json", "train_adversarial.json"]
+    ima, fast = commands["ima"], commands["fast_r"]
+    assert ima[ima.index("--adv_mode") + 1] == "ima" and ima[ima.index("--ima_tolerance_px") + 1] == "1.5"
+    assert fast[fast.index("--adv_mode") + 1] == "fast_r" and "--ima_tolerance_px" not in fast
+    # the default grid stays the paper's five arms
+    path.write_text(json.dumps({"name": "g", "shape_modes": [3]}))
+    assert [a.method for a in load_study_config(path, tmp_path / "out").arms] == \
+        ["std", "rand", "adv_r", "adv_s", "adv_rs"]
