@@ -136,6 +136,9 @@ def test_a_batch_without_the_identity_keys_is_refused():
         AdversarialTrainingHandler("ima")
     with pytest.raises(ValueError, match="runs adv_mode 'ima'"):
         AdaptiveMarginTrainingHandler("adv_r")
+    from diskrobust.run_time_estimate import adversarial_work
+
+    assert adversarial_work("ima", 20) == (1, 20)  # the bundle's up-front run-time estimate knows the arm
 
 
 # ------------------------------------------------------------------ checkpointed state
