@@ -205,8 +205,12 @@ def load_study_config(path: str | Path, output_dir: str | Path | None = None) ->
         raise DataError(path, f"resources: cpus_per_arm must be > 0 and gpus_per_arm >= 0, got {res}")
     if not all(isinstance(r, str) for r in raw.get("reduced", [])):
         raise DataError(path, "reduced must be a list of texts")
+    _check_baselines(raw.get("baselines", {}), path)
     if raw.get("blocks"):
         _check_design(raw, path)
+    elif raw.get("ood_budget"):
+        _check_ood_budget(raw["ood_budget"], {f"P{k}-{m}" for k in modes for m in methods} | {f"P{k}-std" for k in modes},
+                          path)
     out = output_dir or raw.get("output_dir") or f"runs/study_{raw.get('name', path.stem)}"
     return StudyConfig(
         name=raw.get("name", path.stem),
@@ -284,9 +288,45 @@ def _check_design(raw: dict, path: Path) -> None:
                 raise DataError(path, f"statistics.findings {f.id!r} names arm(s) {missing} that the blocks do "
                                       f"not make; arms: {sorted(names)}")
     if raw.get("ood_budget"):
-        from diskrobust.robustness.ood_budget import OodBudgetConfig
+        _check_ood_budget(raw["ood_budget"], names, path)
 
-        try:
-            OodBudgetConfig.from_dict(raw["ood_budget"])
-        except ValueError as err:
-            raise DataError(path, str(err)) from None
+
+def _check_ood_budget(section: dict, names: set[str], path: Path) -> None:
+    """The `ood_budget` section: valid settings, and `arms` ("all" or design names) that the grid makes."""
+    from diskrobust.robustness.ood_budget import OodBudgetConfig
+
+    try:
+        cfg = OodBudgetConfig.from_dict(section)
+    except (ValueError, TypeError) as err:
+        raise DataError(path, str(err)) from None
+    if cfg.arms == "all":
+        return
+    if not isinstance(cfg.arms, list) or not cfg.arms or not all(isinstance(a, str) for a in cfg.arms):
+        raise DataError(path, f"ood_budget.arms must be \"all\" or a non-empty list of arm names, got {cfg.arms!r}")
+    unknown = [a for a in cfg.arms if a not in names]
+    if unknown:
+        raise DataError(path, _unknown_message(unknown, names, "arms in ood_budget.arms"))
+
+
+def _check_baselines(section: dict, path: Path) -> None:
+    """`baselines`: mean_shape (true/false) and uniform_noise ({norm: budgets per pixel in (0, 1]})."""
+    from diskrobust.robustness.baselines import NOISE_NORMS
+
+    if not isinstance(section, dict):
+        raise DataError(path, f"baselines must be an object, got {section!r}")
+    unknown = set(section) - {"mean_shape", "uniform_noise"}
+    if unknown:
+        raise DataError(path, _unknown_message(unknown, ["mean_shape", "uniform_noise"], "keys in baselines"))
+    if not isinstance(section.get("mean_shape", False), bool):
+        raise DataError(path, f"baselines.mean_shape must be true or false, got {section['mean_shape']!r}")
+    noise = section.get("uniform_noise", {})
+    if not isinstance(noise, dict):
+        raise DataError(path, f"baselines.uniform_noise must be {{norm: [budgets]}}, got {noise!r}")
+    bad = [n for n in noise if n not in NOISE_NORMS]
+    if bad:
+        raise DataError(path, _unknown_message(bad, NOISE_NORMS, "norms in baselines.uniform_noise"))
+    for norm, eps in noise.items():
+        if not isinstance(eps, list) or not eps or any(isinstance(e, bool) or not isinstance(e, (int, float))
+                                                       or not 0 < e <= 1 for e in eps):
+            raise DataError(path, f"baselines.uniform_noise.{norm} must be a non-empty list of budgets in (0, 1] "
+                                  f"(L-inf per pixel; L2 as per-pixel RMS), got {eps!r}")

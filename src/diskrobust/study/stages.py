@@ -1,9 +1,16 @@
 """The two stages of an arm, as both engines run them: train (lumbar_disk_shape) and evaluate
 (lumbar_disk_attack), each the bundle command a user would type.
 
+The evaluate stage ends with the measurements the profile asks for besides the attack sweep
+(`measurement_steps`): uniform noise of the sweep's budgets (`baselines.uniform_noise`) and the
+OOD budget search (`ood_budget`, on the arms it lists), each a `python -m diskrobust.study.measure`
+command in its own child process, its log a file in the arm's folder, its output a folder there
+with its own marker (`done.json`, holding the command: a changed setting runs it again).
+
 A stage leaves a marker when it finishes (`train_done.json`, `arm_done.json`) and is not run
-again while the marker is there; this file is the whole of the resume logic, so the local pool
-and the Ray engine resume alike. Everything a stage reads or writes lies in the arm's folder.
+again while the marker is there (and, for evaluate, while every measurement's marker is current);
+this file is the whole of the resume logic, so the local pool and the Ray engine resume alike.
+Everything a stage reads or writes lies in the arm's folder.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 SHAPE_BUNDLE = REPO_ROOT / "bundles" / "lumbar_disk_shape"
 ATTACK_BUNDLE = REPO_ROOT / "bundles" / "lumbar_disk_attack"
 STAGES = ("train", "evaluate")
+MEASUREMENT_DIRS = ("uniform_noise", "ood_budget")  # folders of the evaluate stage's measurements
 
 
 def _override_args(overrides: dict[str, Any]) -> list[str]:
@@ -164,6 +172,93 @@ def evaluation_parts(cfg: StudyConfig) -> list[dict[str, Any]]:
     return [{**settings, **part} for part in parts]  # `#` ids: a part overrides only its own ids
 
 
+def _sweep_settings(cfg: StudyConfig):
+    """The evaluation's sweep settings (num_samples, batch_size, tolerance_px) as the attack bundle reads them."""
+    from diskrobust.robustness.workflow import attack_bundle_args, load_sweep_config
+
+    files, settings = attack_bundle_args(ATTACK_BUNDLE, {"profile": cfg.evaluation.get("profile"),
+                                                         "sweep_overrides": cfg.evaluation.get("sweep_overrides", {})})
+    return load_sweep_config(*files, overrides=settings)
+
+
+def measures_ood_budget(cfg: StudyConfig, arm: Arm) -> bool:
+    """Whether the profile's `ood_budget` search runs on `arm` (its `arms`: design names, or "all")."""
+    if not cfg.ood_budget:
+        return False
+    arms = cfg.ood_budget.get("arms", "all")
+    return arms == "all" or arm.design_name in arms
+
+
+def ood_budget_settings_file(cfg: StudyConfig) -> Path:
+    return (cfg.output_dir / "ood_budget_settings.json").resolve()
+
+
+def measurement_steps(cfg: StudyConfig, arm: Arm) -> list[tuple[str, list[str], Path]]:
+    """(name, command, output folder) of each measurement the profile asks of `arm` after its sweep, in order.
+
+    `baselines.uniform_noise` ({norm: budgets}): uniform noise of each budget on the sweep's test
+    patches, every arm; `ood_budget`: the OOD budget search, on the arms it lists. Both seeded by
+    the arm's seed, like its sweep.
+    """
+    arm_dir = cfg.arm_dir(arm).resolve()
+    common = ["--ckpt_path", str(arm_dir / "models" / "model.pt"),
+              "--datalist", str((cfg.dataset_dir / "datalist.json").resolve()),
+              "--seed", str(cfg.seed if arm.seed is None else arm.seed)]
+    module = [sys.executable, "-m", "diskrobust.study.measure"]
+    steps = []
+    noise = cfg.baselines.get("uniform_noise") or {}
+    if noise:
+        sweep = _sweep_settings(cfg)
+        for norm, eps in noise.items():
+            out = arm_dir / "uniform_noise" / norm
+            cmd = [*module, "uniform-noise", *common, "--out", str(out), "--norm", norm,
+                   "--eps", *[f"{float(e)!r}" for e in eps], "--batch_size", str(sweep.batch_size),
+                   "--tolerance_px", f"{float(sweep.tolerance_px)!r}"]
+            if sweep.num_samples is not None:
+                cmd += ["--num_samples", str(sweep.num_samples)]
+            steps.append((f"uniform_noise_{norm}", cmd, out))
+    if measures_ood_budget(cfg, arm):
+        out = arm_dir / "ood_budget"
+        steps.append(("ood_budget", [*module, "ood-budget", *common, "--out", str(out),
+                                     "--settings", str(ood_budget_settings_file(cfg))], out))
+    return steps
+
+
+def _measurement_current(out: Path, cmd: list[str], cfg: StudyConfig) -> bool:
+    """A measurement's marker holds this command (and, for the OOD budget, these settings)."""
+    done = _read_json(out / "done.json")
+    return bool(done) and done.get("command", [None])[1:] == cmd[1:] and \
+        done.get("ood_budget") == (cfg.ood_budget if "ood-budget" in cmd else None)
+
+
+def pending_measurements(cfg: StudyConfig, arm: Arm) -> list[str]:
+    """Names of the measurements of `arm` whose output is missing or was made with other settings."""
+    return [name for name, cmd, out in measurement_steps(cfg, arm) if not _measurement_current(out, cmd, cfg)]
+
+
+def run_measurements(cfg: StudyConfig, arm: Arm, running: Path | None = None) -> dict[str, float]:
+    """Run every pending measurement of `arm` (a child process each); {name: seconds} of those run.
+
+    Raises ArmFailed naming the log when one exits non-zero. `running`: the stage's running file,
+    updated with the measurement in progress and its log (the progress view reads them).
+    """
+    arm_dir = cfg.arm_dir(arm)
+    seconds: dict[str, float] = {}
+    for name, cmd, out in measurement_steps(cfg, arm):
+        if _measurement_current(out, cmd, cfg):
+            continue
+        if name == "ood_budget":
+            atomic_write_json(ood_budget_settings_file(cfg), cfg.ood_budget)
+        log = arm_dir / f"{name}.log"
+        if running is not None and running.is_file():
+            atomic_write_json(running, {**_read_json(running), "step": name, "log": str(log), "step_started": time.time()})
+        (out / "done.json").unlink(missing_ok=True)
+        seconds[name] = run_bundle(cmd, log, f"{arm.name} {name}", REPO_ROOT, bundle_env())
+        atomic_write_json(out / "done.json", {"arm": arm.name, "command": cmd, "seconds": seconds[name],
+                                              "ood_budget": cfg.ood_budget if name == "ood_budget" else None})
+    return seconds
+
+
 def part_dir(cfg: StudyConfig, arm: Arm, part: int) -> Path:
     return cfg.arm_dir(arm) / "eval_parts" / f"part{part}"
 
@@ -182,7 +277,7 @@ def progress_log(cfg: StudyConfig, arm: Arm, stage: str) -> Path:
     """The file a stage's progress is read from: the training log, or the sweep's event log."""
     if stage == "train":
         return cfg.arm_dir(arm) / "train.log"
-    if stage == "evaluate":
+    if stage == "evaluate":  # a measurement after the sweep names its own log in the running file
         return cfg.arm_dir(arm) / "eval" / "sweep.log"
     return part_dir(cfg, arm, int(stage.split(":")[1])) / "eval" / "sweep.log"
 
@@ -231,8 +326,8 @@ def _set_aside(arm_dir: Path, attempt: int) -> None:
     """Move what an unfinished (or discarded) training left in the arm folder into `previous/`:
     a fresh training must not start in a folder holding another run's checkpoints, and nothing is
     deleted silently."""
-    leftovers = [arm_dir / n for n in ("models", "logs", "train.log", "train_done.json", "arm_done.json", "eval_parts")
-                 if (arm_dir / n).exists()]
+    leftovers = [arm_dir / n for n in ("models", "logs", "train.log", "train_done.json", "arm_done.json", "eval_parts",
+                                       *MEASUREMENT_DIRS) if (arm_dir / n).exists()]
     if not leftovers:
         return
     dest = arm_dir / "previous" / f"{time.strftime('%Y%m%d-%H%M%S')}-attempt{attempt}-pid{os.getpid()}"
@@ -259,7 +354,7 @@ def run_stage(cfg: StudyConfig, arm: Arm, stage: str, resume: bool = True) -> di
     if stopping():
         raise Interrupted(f"{arm.name} {stage}: not started, the study is stopping")
     done = marker(cfg, arm, stage)
-    if resume and done.is_file():
+    if resume and done.is_file() and not (stage == "evaluate" and pending_measurements(cfg, arm)):
         return {"stage": stage, "status": "skipped", "seconds": float(_read_json(done).get("seconds", 0.0)),
                 "attempt": 0}
     arm_dir.mkdir(parents=True, exist_ok=True)
@@ -267,6 +362,7 @@ def run_stage(cfg: StudyConfig, arm: Arm, stage: str, resume: bool = True) -> di
     running = running_file(cfg, arm, stage)  # who runs it: the progress view and the tests read it
     atomic_write_json(running, {"stage": stage, "attempt": attempt, "pid": os.getpid(),
                                 "host": socket.gethostname(), "started": time.time()})
+    measured: dict[str, float] = {}  # evaluate: seconds of each measurement run after the sweep
     try:
         if stage == "train":
             if arm.method != "std" and not (cfg.arm_dir(arm.base) / "models" / "model.pt").is_file():
@@ -289,6 +385,9 @@ def run_stage(cfg: StudyConfig, arm: Arm, stage: str, resume: bool = True) -> di
                 log = part_dir(cfg, arm, k) / "evaluate.log"
             seconds = run_bundle(cmd, log, f"{arm.name} {stage.replace('evaluate:', 'evaluation part ')}",
                                  REPO_ROOT, bundle_env())
+            if stage == "evaluate":
+                measured = run_measurements(cfg, arm, running)
+                seconds += sum(measured.values())
     finally:
         running.unlink(missing_ok=True)
     stages = {}
@@ -299,14 +398,15 @@ def run_stage(cfg: StudyConfig, arm: Arm, stage: str, resume: bool = True) -> di
         stages = {"train": float(_read_json(arm_dir / "train_done.json").get("seconds", 0.0))}
         (arm_dir / "arm_failed.json").unlink(missing_ok=True)
     atomic_write_json(done, {"arm": arm.name, "seconds": seconds, "command": cmd, "attempt": attempt,
-                             "stages": {**stages, stage: seconds}})
+                             "stages": {**stages, stage: seconds},
+                             **({"measurements": measured} if stage == "evaluate" else {})})
     return {"stage": stage, "status": "done", "seconds": seconds, "attempt": attempt}
 
 
 def skipped_outcome(cfg: StudyConfig, arm: Arm) -> ArmOutcome | None:
     """The outcome of an arm that finished in an earlier run, or None when it has work left."""
     done = marker(cfg, arm, "evaluate")
-    if not done.is_file():
+    if not done.is_file() or pending_measurements(cfg, arm):
         return None
     return ArmOutcome(arm, "skipped", stages=_read_json(done).get("stages", {}))
 
