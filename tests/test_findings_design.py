@@ -4,6 +4,7 @@ through the real bundles, ending in the report's findings section."""
 import json
 
 from diskrobust.data.dataset_io import load_datalist
+from diskrobust.robustness.results import read_rows_csv
 from diskrobust.study.grid import load_study_config
 from diskrobust.study.runner import run_study
 from diskrobust.study.statistics import VERDICTS
@@ -18,12 +19,20 @@ TINY_DESIGN = {
     "evaluation": {"sweep_overrides": {"num_samples": None, "batch_size": 8, "tensorboard_images": 0,
                                        "ind": {"eps": {"linf": [0.05]}, "heads": ["points"], "steps": 1},
                                        "ood": {"enabled": False}}},
-    "baselines": {"mean_shape": True},
+    # uniform noise and the OOD budget on two arms (each arm's measurements: one child process)
+    "baselines": {"mean_shape": True, "uniform_noise": {"linf": [0.05]}, "uniform_noise_arms": ["n4-P3-std", "n4-P3v5-std"]},
+    "ood_budget": {"starts": ["natural"], "num_targets": 2, "rms_max": 0.5, "iterations": 1, "steps": 2,
+                   "random_start": [False, True], "curve_rms": [0.0, 0.25, 0.5],
+                   "tolerance": {"max_point_distance_px": 1.0, "min_seg_dice": None},
+                   "arms": ["n4-P3-std", "n4-P3v5-std"]},
     "statistics": {"n_boot": 200, "findings": [
         {"id": "size", "claim": "4 training subjects beat 2", "a": "n4-P3-std", "b": "n2-P3-std",
          "metric": "point_error_px", "direction": "less", "smallest_effect": 0.3, "eps": [0.0, 0.05]},
         {"id": "variance", "claim": "P3v5 beats P3", "a": "n4-P3v5-std", "b": "n4-P3-std",
-         "metric": "point_error_px", "direction": "less", "smallest_effect": 0.3, "eps": [0.05]}]},
+         "metric": "point_error_px", "direction": "less", "smallest_effect": 0.3, "eps": [0.05]},
+        {"id": "budget", "claim": "P3v5 and P3 need the same OOD budget", "a": "n4-P3v5-std", "b": "n4-P3-std",
+         "metric": "rms_needed", "direction": "equivalent", "smallest_effect": 0.01, "sweep": "ood_budget",
+         "attack": "natural", "head": "random_start", "eps": [0.0]}]},
     "reduced": ["everything (a test)"],
 }
 
@@ -58,10 +67,42 @@ def test_tiny_findings_design_end_to_end(tmp_path, tiny_phantom):
     report = (out / "report.md").read_text()
     assert "## Findings" in report
     assert "| 2 | 5 |" in report and "| 4 | 5 |" in report  # the mean-shape baseline per training-set size
-    tables = json.loads((out / "study_tables.json").read_text())["tables"]["findings"]
-    assert [f["id"] for f in tables] == ["size", "variance"]
+    everything = json.loads((out / "study_tables.json").read_text())["tables"]
+    tables = everything["findings"]
+    assert [f["id"] for f in tables] == ["size", "variance", "budget"]
     assert all(f["verdict"] in VERDICTS for f in tables)
-    assert all(d["diff"]["n_seeds"] == 2 and d["diff"]["n_disks"] == 5 for f in tables for d in f["per_eps"])
+    assert all(d["diff"]["n_seeds"] == 2 and d["diff"]["n_disks"] == 5 for f in tables[:2] for d in f["per_eps"])
+    # finding 3 decided from the budget rows: 2 seeds x 2 targets, with the share censored at rms_max
+    assert [(d["diff"]["n_seeds"], d["diff"]["n_disks"]) for d in tables[2]["per_eps"]] == [(2, 2)]
+    assert set(tables[2]["censored"]) == {"a", "b"} and "not reached within the largest budget" in tables[2]["reason"]
+    # the measurements ran only on the arms that list them, as one child process per arm, seeded by the arm's seed
+    for o in outcomes:
+        arm_dir = cfg.arm_dir(o.arm)
+        measured = o.arm.design_name in ("n4-P3-std", "n4-P3v5-std")
+        assert (arm_dir / "uniform_noise" / "linf" / "done.json").is_file() == measured
+        assert (arm_dir / "ood_budget" / "done.json").is_file() == measured
+        if measured:
+            command = (arm_dir / "measure.log").read_text().splitlines()[0]
+            assert " uniform-noise " in command and " + ood-budget " in command and f"--seed {o.arm.seed} " in command
+            noise = read_rows_csv(arm_dir / "uniform_noise" / "linf" / "per_sample.csv")
+            assert [(r["sample_id"], r["eps"], r["attack"]) for r in noise] == [(i, 0.05, "uniform_linf") for i in range(5)]
+            assert all(0.049 < r["delta_linf"] <= 0.05 + 1e-6 for r in noise)
+            budget = read_rows_csv(arm_dir / "ood_budget" / "rows.csv")
+            assert [(r["sample_id"], r["random_start"]) for r in budget] == [(0, "False"), (1, "False"), (0, "True"), (1, "True")]
+            summary = json.loads((arm_dir / "ood_budget" / "summary.json").read_text())
+            assert set(summary["curves"]) == {"natural / from start", "natural / random start"}
+            assert json.loads((arm_dir / "arm_done.json").read_text())["measurements"].keys() == {"uniform_noise_linf", "ood_budget"}
+    # the report: uniform noise next to PGD (per arm and seed, and over seeds with intervals), the OOD budget table
+    # with the start-image distance explained, and its curve plot
+    assert "| n4-P3-std-s0 + uniform noise |" in report and "| n2-P3-std-s0 + uniform noise |" not in report
+    assert "### Baseline: uniform noise of the same budget next to PGD" in report
+    assert "| n4-P3-std | uniform noise | " in report and "| n4-P3-std | PGD (points head) | " in report
+    assert "## OOD budget" in report and "start-image distance" in report
+    assert "| n4-P3v5-std | natural | random | 2 x 2 |" in report
+    assert (out / "ood_budget_curves.png").stat().st_size > 1000
+    assert set(everything["ood_budget"]["rows"]) == {f"{a} / natural / {s}" for a in ("n4-P3-std", "n4-P3v5-std")
+                                                    for s in ("from start", "random start")}
+    assert everything["uniform_noise"]["n4-P3-std-s1"]["eps"] == [0.05]
 
 
 def test_the_design_is_validated_before_any_work(tmp_path):

@@ -207,10 +207,15 @@ def load_study_config(path: str | Path, output_dir: str | Path | None = None) ->
         raise DataError(path, "reduced must be a list of texts")
     _check_baselines(raw.get("baselines", {}), path)
     if raw.get("blocks"):
-        _check_design(raw, path)
-    elif raw.get("ood_budget"):
-        _check_ood_budget(raw["ood_budget"], {f"P{k}-{m}" for k in modes for m in methods} | {f"P{k}-std" for k in modes},
-                          path)
+        names = _check_design(raw, path)
+    else:
+        names = {f"P{k}-{m}" for k in modes for m in methods} | {f"P{k}-std" for k in modes}
+        if raw.get("ood_budget"):
+            _check_ood_budget(raw["ood_budget"], names, path)
+    noise_arms = raw.get("baselines", {}).get("uniform_noise_arms", "all")
+    if noise_arms != "all" and [a for a in noise_arms if a not in names]:
+        raise DataError(path, _unknown_message([a for a in noise_arms if a not in names], names,
+                                               "arms in baselines.uniform_noise_arms"))
     out = output_dir or raw.get("output_dir") or f"runs/study_{raw.get('name', path.stem)}"
     return StudyConfig(
         name=raw.get("name", path.stem),
@@ -237,8 +242,9 @@ def load_study_config(path: str | Path, output_dir: str | Path | None = None) ->
     )
 
 
-def _check_design(raw: dict, path: Path) -> None:
-    """The findings design: seeds, augmentations, blocks, and findings that name arms of the design."""
+def _check_design(raw: dict, path: Path) -> set[str]:
+    """The findings design: seeds, augmentations, blocks, and findings that name arms of the design;
+    returns the design's arm names."""
     seeds = raw.get("seeds", [])
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise DataError(path, f"seeds must be a non-empty list of integers >= 0, got {seeds}")
@@ -289,6 +295,7 @@ def _check_design(raw: dict, path: Path) -> None:
                                       f"not make; arms: {sorted(names)}")
     if raw.get("ood_budget"):
         _check_ood_budget(raw["ood_budget"], names, path)
+    return names
 
 
 def _check_ood_budget(section: dict, names: set[str], path: Path) -> None:
@@ -309,14 +316,21 @@ def _check_ood_budget(section: dict, names: set[str], path: Path) -> None:
 
 
 def _check_baselines(section: dict, path: Path) -> None:
-    """`baselines`: mean_shape (true/false) and uniform_noise ({norm: budgets per pixel in (0, 1]})."""
+    """`baselines`: mean_shape (true/false), uniform_noise ({norm: budgets per pixel in (0, 1]}) and
+    uniform_noise_arms ("all", the default, or the arm names it runs on; checked against the grid by
+    `_check_arm_names`)."""
     from diskrobust.robustness.baselines import NOISE_NORMS
 
     if not isinstance(section, dict):
         raise DataError(path, f"baselines must be an object, got {section!r}")
-    unknown = set(section) - {"mean_shape", "uniform_noise"}
+    keys = ["mean_shape", "uniform_noise", "uniform_noise_arms"]
+    unknown = set(section) - set(keys)
     if unknown:
-        raise DataError(path, _unknown_message(unknown, ["mean_shape", "uniform_noise"], "keys in baselines"))
+        raise DataError(path, _unknown_message(unknown, keys, "keys in baselines"))
+    arms = section.get("uniform_noise_arms", "all")
+    if arms != "all" and (not isinstance(arms, list) or not arms or not all(isinstance(a, str) for a in arms)):
+        raise DataError(path, f"baselines.uniform_noise_arms must be \"all\" or a non-empty list of arm names, "
+                              f"got {arms!r}")
     if not isinstance(section.get("mean_shape", False), bool):
         raise DataError(path, f"baselines.mean_shape must be true or false, got {section['mean_shape']!r}")
     noise = section.get("uniform_noise", {})

@@ -17,11 +17,15 @@
   `BUDGET_COLUMNS`), `finding_rows.csv` (the rows `diskrobust.study.statistics` decides finding 3
   from) and `summary.json` (summaries, success-rate curves, tolerance, patch shape).
 
+Several measurements run in one process when joined by `+` (`uniform-noise ... + ood-budget ...`):
+the study does that, one child process per arm, since importing torch and MONAI costs more than a
+small measurement. Each measurement writes only into its `--out`, which it locks, and ends by writing
+`--out/done.json` holding its arguments: the study's resume marker (a measurement whose marker holds
+other arguments is run again).
+
 The model and its patch geometry come from the model file (`checkpoints.build_model_from_checkpoint`);
 the test patches are the datalist split's first `num_samples` (the attack bundle's test set, so rows
 pair with its rows by sample id). Each step prints one line (the study's progress view reads the log).
-The study runs these as child processes of the evaluate stage (`study/stages.py`); each writes only
-into `--out`, which it locks.
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget = sub.add_parser("ood-budget", help="the OOD budget the attack needs, by bisection")
     _common(budget)
     budget.add_argument("--settings", required=True,
-                        help="a JSON file with the ood_budget section (diskrobust.robustness.ood_budget.OodBudgetConfig)")
+                        help="the ood_budget section (diskrobust.robustness.ood_budget.OodBudgetConfig): a JSON file, "
+                             "or the JSON object itself")
     return parser
 
 
@@ -120,9 +125,11 @@ def ood_budget(args) -> Path:
     from diskrobust.robustness.ood_budget import BUDGET_COLUMNS, OodBudgetConfig, finding_rows, run_ood_budget
     from diskrobust.robustness.results import write_rows_csv
 
-    settings = Path(args.settings)
+    inline = args.settings.lstrip().startswith("{")
+    settings = "--settings" if inline else Path(args.settings)
     try:
-        cfg = OodBudgetConfig.from_dict(json.loads(settings.read_text()), where=str(settings))
+        cfg = OodBudgetConfig.from_dict(json.loads(args.settings if inline else settings.read_text()),
+                                        where=str(settings))
     except FileNotFoundError:
         raise DataError(settings, "ood_budget settings file not found") from None
     except json.JSONDecodeError as err:
@@ -156,18 +163,40 @@ def ood_budget(args) -> Path:
     return out
 
 
+def split_parts(argv: list[str]) -> list[list[str]]:
+    """The measurements of one command line: its arguments split at each `+`."""
+    parts, part = [], []
+    for a in argv:
+        if a == "+":
+            parts.append(part)
+            part = []
+        else:
+            part.append(a)
+    return [p for p in parts + [part] if p]
+
+
 def main(argv: list[str] | None = None) -> int:
+    from diskrobust.data.dataset_io import atomic_write_json
     from diskrobust.data.errors import DataError
     from diskrobust.run_lock import RunLock, RunLockedError
 
-    args = build_parser().parse_args(argv)
-    try:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        with RunLock(args.out, what=f"measure {args.command}"):
-            (uniform_noise if args.command == "uniform-noise" else ood_budget)(args)
-    except (DataError, RunLockedError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    parser = build_parser()
+    parts = split_parts(sys.argv[1:] if argv is None else list(argv))
+    if not parts:
+        parser.error("name a measurement: " + " or ".join(COMMANDS))
+    parsed = [parser.parse_args(p) for p in parts]  # every part checked before any work
+    for part, args in zip(parts, parsed):
+        try:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "done.json").unlink(missing_ok=True)
+            with RunLock(out, what=f"measure {args.command}"):
+                start = time.perf_counter()
+                (uniform_noise if args.command == "uniform-noise" else ood_budget)(args)
+                atomic_write_json(out / "done.json", {"args": part, "seconds": time.perf_counter() - start})
+        except (DataError, RunLockedError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     return 0
 
 

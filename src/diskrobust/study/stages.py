@@ -3,9 +3,10 @@
 
 The evaluate stage ends with the measurements the profile asks for besides the attack sweep
 (`measurement_steps`): uniform noise of the sweep's budgets (`baselines.uniform_noise`) and the
-OOD budget search (`ood_budget`, on the arms it lists), each a `python -m diskrobust.study.measure`
-command in its own child process, its log a file in the arm's folder, its output a folder there
-with its own marker (`done.json`, holding the command: a changed setting runs it again).
+OOD budget search (`ood_budget`, on the arms it lists): `python -m diskrobust.study.measure`
+measurements, the pending ones of an arm in one child process (imports are paid once), its log
+`measure.log` in the arm's folder, each measurement's output a folder there with its own marker
+(`done.json`, holding its arguments: a changed setting runs it again; a new training sets them aside).
 
 A stage leaves a marker when it finishes (`train_done.json`, `arm_done.json`) and is not run
 again while the marker is there (and, for evaluate, while every measurement's marker is current);
@@ -189,73 +190,75 @@ def measures_ood_budget(cfg: StudyConfig, arm: Arm) -> bool:
     return arms == "all" or arm.design_name in arms
 
 
-def ood_budget_settings_file(cfg: StudyConfig) -> Path:
-    return (cfg.output_dir / "ood_budget_settings.json").resolve()
-
-
 def measurement_steps(cfg: StudyConfig, arm: Arm) -> list[tuple[str, list[str], Path]]:
-    """(name, command, output folder) of each measurement the profile asks of `arm` after its sweep, in order.
+    """(name, arguments of `python -m diskrobust.study.measure`, output folder) of each measurement the
+    profile asks of `arm` after its sweep, in order.
 
     `baselines.uniform_noise` ({norm: budgets}): uniform noise of each budget on the sweep's test
-    patches, every arm; `ood_budget`: the OOD budget search, on the arms it lists. Both seeded by
-    the arm's seed, like its sweep.
+    patches, on every arm (or those `baselines.uniform_noise_arms` lists); `ood_budget`: the OOD budget
+    search (its settings inline), on the arms it lists. Both seeded by the arm's seed, like its sweep.
     """
     arm_dir = cfg.arm_dir(arm).resolve()
     common = ["--ckpt_path", str(arm_dir / "models" / "model.pt"),
               "--datalist", str((cfg.dataset_dir / "datalist.json").resolve()),
               "--seed", str(cfg.seed if arm.seed is None else arm.seed)]
-    module = [sys.executable, "-m", "diskrobust.study.measure"]
     steps = []
     noise = cfg.baselines.get("uniform_noise") or {}
-    if noise:
+    noise_arms = cfg.baselines.get("uniform_noise_arms", "all")
+    if noise and (noise_arms == "all" or arm.design_name in noise_arms):
         sweep = _sweep_settings(cfg)
         for norm, eps in noise.items():
             out = arm_dir / "uniform_noise" / norm
-            cmd = [*module, "uniform-noise", *common, "--out", str(out), "--norm", norm,
-                   "--eps", *[f"{float(e)!r}" for e in eps], "--batch_size", str(sweep.batch_size),
-                   "--tolerance_px", f"{float(sweep.tolerance_px)!r}"]
+            args = ["uniform-noise", *common, "--out", str(out), "--norm", norm,
+                    "--eps", *[f"{float(e)!r}" for e in eps], "--batch_size", str(sweep.batch_size),
+                    "--tolerance_px", f"{float(sweep.tolerance_px)!r}"]
             if sweep.num_samples is not None:
-                cmd += ["--num_samples", str(sweep.num_samples)]
-            steps.append((f"uniform_noise_{norm}", cmd, out))
+                args += ["--num_samples", str(sweep.num_samples)]
+            steps.append((f"uniform_noise_{norm}", args, out))
     if measures_ood_budget(cfg, arm):
         out = arm_dir / "ood_budget"
-        steps.append(("ood_budget", [*module, "ood-budget", *common, "--out", str(out),
-                                     "--settings", str(ood_budget_settings_file(cfg))], out))
+        steps.append(("ood_budget", ["ood-budget", *common, "--out", str(out),
+                                     "--settings", json.dumps({k: v for k, v in cfg.ood_budget.items() if k != "arms"},
+                                                             sort_keys=True)], out))
     return steps
 
 
-def _measurement_current(out: Path, cmd: list[str], cfg: StudyConfig) -> bool:
-    """A measurement's marker holds this command (and, for the OOD budget, these settings)."""
-    done = _read_json(out / "done.json")
-    return bool(done) and done.get("command", [None])[1:] == cmd[1:] and \
-        done.get("ood_budget") == (cfg.ood_budget if "ood-budget" in cmd else None)
-
-
 def pending_measurements(cfg: StudyConfig, arm: Arm) -> list[str]:
-    """Names of the measurements of `arm` whose output is missing or was made with other settings."""
-    return [name for name, cmd, out in measurement_steps(cfg, arm) if not _measurement_current(out, cmd, cfg)]
+    """Names of the measurements of `arm` whose marker (`<out>/done.json`) is missing or holds other arguments."""
+    return [name for name, args, out in measurement_steps(cfg, arm) if _read_json(out / "done.json").get("args") != args]
+
+
+def measure_command(parts: list[list[str]]) -> list[str]:
+    """One `python -m diskrobust.study.measure` command running `parts` in one process (joined by `+`)."""
+    cmd = [sys.executable, "-m", "diskrobust.study.measure"]
+    for k, part in enumerate(parts):
+        cmd += (["+"] if k else []) + part
+    return cmd
 
 
 def run_measurements(cfg: StudyConfig, arm: Arm, running: Path | None = None) -> dict[str, float]:
-    """Run every pending measurement of `arm` (a child process each); {name: seconds} of those run.
+    """Run the pending measurements of `arm` in one child process; {name: seconds} of those run.
 
-    Raises ArmFailed naming the log when one exits non-zero. `running`: the stage's running file,
-    updated with the measurement in progress and its log (the progress view reads them).
+    Raises ArmFailed naming the log (`arms/<arm>/measure.log`) when it exits non-zero. `running`: the
+    stage's running file, updated with the step and its log (the progress view reads them).
     """
-    arm_dir = cfg.arm_dir(arm)
-    seconds: dict[str, float] = {}
-    for name, cmd, out in measurement_steps(cfg, arm):
-        if _measurement_current(out, cmd, cfg):
-            continue
-        if name == "ood_budget":
-            atomic_write_json(ood_budget_settings_file(cfg), cfg.ood_budget)
-        log = arm_dir / f"{name}.log"
-        if running is not None and running.is_file():
-            atomic_write_json(running, {**_read_json(running), "step": name, "log": str(log), "step_started": time.time()})
-        (out / "done.json").unlink(missing_ok=True)
-        seconds[name] = run_bundle(cmd, log, f"{arm.name} {name}", REPO_ROOT, bundle_env())
-        atomic_write_json(out / "done.json", {"arm": arm.name, "command": cmd, "seconds": seconds[name],
-                                              "ood_budget": cfg.ood_budget if name == "ood_budget" else None})
+    pending = pending_measurements(cfg, arm)
+    steps = [(name, args, out) for name, args, out in measurement_steps(cfg, arm) if name in pending]
+    if not steps:
+        return {}
+    log = cfg.arm_dir(arm) / "measure.log"
+    if running is not None and running.is_file():
+        atomic_write_json(running, {**_read_json(running), "step": " + ".join(pending), "log": str(log),
+                                    "step_started": time.time()})
+    cmd = measure_command([args for _, args, _ in steps])
+    run_bundle(cmd, log, f"{arm.name} measurements ({', '.join(pending)})", REPO_ROOT, bundle_env())
+    seconds = {}
+    for name, args, out in steps:
+        done = _read_json(out / "done.json")
+        if done.get("args") != args:
+            raise ArmFailed(f"{arm.name}: the measurement {name} finished without its marker {out / 'done.json'}; "
+                            f"log: {log}")
+        seconds[name] = float(done.get("seconds", 0.0))
     return seconds
 
 
