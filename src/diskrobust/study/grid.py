@@ -271,11 +271,13 @@ def _check_design(raw: dict, path: Path) -> set[str]:
             raise DataError(path, _unknown_message([str(a) for a in unknown], augs, f"augmentations in {where}")
                             if unknown else f"{where}.augmentations is empty")
         for a in block["augmentations"]:
-            if augs[a]["shape_modes"] < 1:
-                raise DataError(path, f"{where}: augmentation {a!r} has shape_modes {augs[a]['shape_modes']}: "
-                                      "training without shape augmentation needs lumbar_disk_shape support that "
-                                      "does not exist yet (its dataset would warp every patch to the mean shape); "
-                                      "remove it from the block")
+            modes = augs[a]["shape_modes"]
+            if isinstance(modes, bool) or not isinstance(modes, int) or modes < 0:
+                raise DataError(path, f"{where}: augmentation {a!r} has shape_modes {modes!r}: give the number of "
+                                      "PCA modes (0: no shape augmentation, the real patches unwarped)")
+            if modes == 0 and augs[a].get("c_max") is not None:
+                raise DataError(path, f"augmentations.{a}: shape_modes 0 is training without shape augmentation; "
+                                      "a c_max has nothing to scale: remove it")
         bad = [m for m in block["methods"] if m not in METHODS]
         if bad or not block["methods"]:
             raise DataError(path, _unknown_message([str(m) for m in bad], METHODS, f"methods in {where}")
