@@ -249,3 +249,34 @@ def test_shape_augmented_batch_path_matches_per_sample(bank, pca):
         assert batch["subject"][k] == item["subject"] and batch["level"][k] == item["level"]
     image, targets = prepare_disk_batch(batch)
     assert image.shape == (3, 1, S, S) and targets["points"].shape == (3, 176, 2)
+
+
+def test_shape_modes_0_in_the_shape_bundle_trains_on_the_real_patches_unwarped(tiny_phantom, repo_root):
+    """The study's `none` augmentation: `--shape_modes 0` gives the real training patches, not patches warped
+    onto the mean shape (what zero PCA modes would mean to the warp)."""
+    from monai.bundle import ConfigParser
+
+    def dataset(modes):
+        parser = ConfigParser()
+        parser.read_config(str(repo_root / "bundles" / "lumbar_disk_shape" / "configs" / "train.json"))
+        parser.update({"dataset_dir": str(tiny_phantom), "shape_modes": modes, "samples_per_epoch": 6,
+                       "patch_size": 64, "patch_spacing_mm": 1.0, "seed": 3})
+        return parser.get_parsed_content("train#dataset")
+
+    plain = dataset(0)
+    plain.set_epoch(2)
+    bank = plain.bank
+    sources = [int(np.random.default_rng([3, 2, i]).integers(len(bank))) for i in range(6)]
+    assert len(set(sources)) > 1
+    batch = plain.batch(range(6))
+    for i, j in enumerate(sources):
+        item = plain[i]
+        assert torch.equal(item["image"], torch.from_numpy(bank.images[j]))
+        assert torch.equal(item["points"], torch.from_numpy(bank.points[j]))
+        assert torch.equal(item["mask"], torch.from_numpy(bank.masks[j]).float())
+        assert item["subject"] == bank.subjects[j] and item["level"] == bank.levels[j]
+        for key in ("image", "points", "mask"):
+            assert torch.equal(batch[key][i], item[key])
+    warped = dataset(3)
+    warped.set_epoch(2)
+    assert not torch.equal(warped[0]["points"], plain[0]["points"])  # the same draw, augmented

@@ -128,6 +128,10 @@ def test_success_curve_summary_and_table():
     s = budget_summary(rows)
     assert s["reached"] == 0.75 and s["n"] == 4 and s["start_point_distance_px_mean"] == 3.0
     assert 0.1 <= s["rms_median"] <= 0.2
+    # a median among targets not reached is "not reached" (inf), never nan; a finite one stays exact
+    for needed, median in (([0.1, 0.2, math.inf], 0.2), ([0.1, math.inf], math.inf), ([math.inf] * 3, math.inf)):
+        got = budget_summary([{**rows[0], "rms_needed": v} for v in needed])
+        assert got["rms_median"] == median and got["rms_q75"] == math.inf
     text = "\n".join(budget_markdown({"toy": s}, (64, 64), Tolerance()))
     assert "mean point distance <= 1 px and seg Dice >= 0.8" in text and "| toy | 4 | 75% |" in text
 

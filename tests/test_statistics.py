@@ -1,5 +1,7 @@
 """The findings' statistics on synthetic numbers with known answers."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -253,9 +255,16 @@ def test_budget_rows_feed_the_findings():
     cfg = StatisticsConfig.from_dict({"n_boot": 500, "findings": [
         {"id": "f3", "claim": "same budget", "a": "A", "b": "B", "metric": "rms_needed", "direction": "equivalent",
          "smallest_effect": 0.01, "sweep": "ood_budget", "attack": "natural", "head": "from_start", "eps": [0.0]}]})
-    assert decide_findings(cfg, rows)[0].verdict == "reproduced"
+    res = decide_findings(cfg, rows)[0]
+    assert res.verdict == "reproduced" and res.censored == {"a": 0.0, "b": 0.0}
     rows["A"] = {s: finding_rows(budget(0.05, s)) for s in range(3)}
     assert decide_findings(cfg, rows)[0].verdict == "not reproduced"
+    # both arms mostly capped at rms_max: equal budgets that are the cap's, not the arms'
+    capped = {arm: {s: finding_rows([{**r, "rms_needed": math.inf} if r["sample_id"] >= 5 else r
+                                     for r in budget(0.0, s + k)]) for s in range(3)} for arm, k in (("A", 0), ("B", 10))}
+    res = decide_findings(cfg, capped)[0]
+    assert res.censored == {"a": 0.75, "b": 0.75}
+    assert res.verdict == "inconclusive" and "75% of A's" in res.reason and "raise rms_max" in res.reason
 
 
 def test_findings_from_written_csv_files(tmp_path):

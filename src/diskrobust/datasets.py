@@ -246,6 +246,10 @@ class ShapeAugmentedDataset(Dataset):
     (`augment`): c_k ~ U[-c_max, c_max] over `n_modes` PCA modes (placement rule in
     `diskrobust.transforms.shape_augment`), the patch TPS-warped onto the new shape. Call `set_epoch(e)` before each epoch; with DataLoader workers use
     persistent_workers=False so every epoch's workers copy the updated epoch.
+
+    `n_modes=0` means no shape augmentation (the study's `none` arm): sample i is the bank patch the
+    same generator picks, unwarped (its real image, contour and mask). Zero modes would otherwise warp
+    every patch onto the mean shape, the opposite of "no augmentation".
     """
 
     def __init__(
@@ -293,6 +297,8 @@ class ShapeAugmentedDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.samples_per_epoch} samples")
         rng = self.generator(index)
         source = int(rng.integers(len(self.bank)))
+        if self.n_modes == 0:  # no shape augmentation: the patch's own contour
+            return source, self.bank.points[source].astype(np.float64)
         new_points = draw_new_shape(
             self.pca, self.n_modes, self.bank.points[source], self.bank.patch_size, rng, self.c_max, self.margin
         )
@@ -304,6 +310,8 @@ class ShapeAugmentedDataset(Dataset):
         rng = self.generator(index)
         source = int(rng.integers(len(self.bank)))
         item = self.bank.item(source)
+        if self.n_modes == 0:  # no shape augmentation: the real patch, unwarped
+            return item
         item["points"] = item["points"].numpy()
         out = self.augment(item, generator=rng)
         out["points"] = torch.from_numpy(out["points"])
@@ -324,6 +332,11 @@ class ShapeAugmentedDataset(Dataset):
         new_points = torch.from_numpy(np.stack([d[1] for d in draws]).astype(np.float32)).to(device)
         images = torch.from_numpy(self.bank.images[sources]).to(device)
         src = torch.from_numpy(self.bank.points[sources]).to(device)
+        if self.n_modes == 0:  # no shape augmentation: the real patches, unwarped
+            return {"image": images, "points": src, "mask": torch.from_numpy(self.bank.masks[sources]).float().to(device),
+                    "centre_px": torch.from_numpy(self.bank.centres[sources]).to(device),
+                    "scale": torch.from_numpy(self.bank.scales[sources]).to(device),
+                    "subject": [self.bank.subjects[j] for j in sources], "level": [self.bank.levels[j] for j in sources]}
         step = max(int(self.contour_stride), 1)
         warped = tps_warp(
             images, src[:, ::step], new_points[:, ::step], self.border_points, self.grid_stride

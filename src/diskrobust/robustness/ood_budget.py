@@ -230,7 +230,11 @@ def budget_summary(rows: Sequence[Mapping]) -> dict:
         raise ValueError("no budget rows")
     needed = np.array([float(r["rms_needed"]) for r in rows])
     start = np.array([float(r["start_point_distance_px"]) for r in rows])
-    q25, q50, q75 = np.quantile(needed, [0.25, 0.5, 0.75])  # inf sorts last: a median is finite iff > half reached
+    # not reached sorts last: a median is finite iff more than half reached. (Interpolating with inf
+    # itself gives nan, so quantiles run on a stand-in above rms_max, and anything above it is inf.)
+    cap = float(rows[0]["rms_max"])
+    q = np.quantile(np.where(np.isfinite(needed), needed, 2.0 * cap + 1.0), [0.25, 0.5, 0.75])
+    q25, q50, q75 = np.where(q > cap, np.inf, q)
     return {"n": len(rows), "reached": float(np.mean(np.isfinite(needed))), "rms_median": float(q50),
             "rms_q25": float(q25), "rms_q75": float(q75), "rms_max": float(rows[0]["rms_max"]),
             "start_point_distance_px_mean": float(np.nanmean(start)) if np.isfinite(start).any() else float("nan")}

@@ -208,8 +208,17 @@ def load_study_config(path: str | Path, output_dir: str | Path | None = None) ->
         raise DataError(path, f"resources: cpus_per_arm must be > 0 and gpus_per_arm >= 0, got {res}")
     if not all(isinstance(r, str) for r in raw.get("reduced", [])):
         raise DataError(path, "reduced must be a list of texts")
+    _check_baselines(raw.get("baselines", {}), path)
     if raw.get("blocks"):
-        _check_design(raw, path)
+        names = _check_design(raw, path)
+    else:
+        names = {f"P{k}-{m}" for k in modes for m in methods} | {f"P{k}-std" for k in modes}
+        if raw.get("ood_budget"):
+            _check_ood_budget(raw["ood_budget"], names, path)
+    noise_arms = raw.get("baselines", {}).get("uniform_noise_arms", "all")
+    if noise_arms != "all" and [a for a in noise_arms if a not in names]:
+        raise DataError(path, _unknown_message([a for a in noise_arms if a not in names], names,
+                                               "arms in baselines.uniform_noise_arms"))
     out = output_dir or raw.get("output_dir") or f"runs/study_{raw.get('name', path.stem)}"
     return StudyConfig(
         name=raw.get("name", path.stem),
@@ -236,8 +245,9 @@ def load_study_config(path: str | Path, output_dir: str | Path | None = None) ->
     )
 
 
-def _check_design(raw: dict, path: Path) -> None:
-    """The findings design: seeds, augmentations, blocks, and findings that name arms of the design."""
+def _check_design(raw: dict, path: Path) -> set[str]:
+    """The findings design: seeds, augmentations, blocks, and findings that name arms of the design;
+    returns the design's arm names."""
     seeds = raw.get("seeds", [])
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise DataError(path, f"seeds must be a non-empty list of integers >= 0, got {seeds}")
@@ -264,11 +274,13 @@ def _check_design(raw: dict, path: Path) -> None:
             raise DataError(path, _unknown_message([str(a) for a in unknown], augs, f"augmentations in {where}")
                             if unknown else f"{where}.augmentations is empty")
         for a in block["augmentations"]:
-            if augs[a]["shape_modes"] < 1:
-                raise DataError(path, f"{where}: augmentation {a!r} has shape_modes {augs[a]['shape_modes']}: "
-                                      "training without shape augmentation needs lumbar_disk_shape support that "
-                                      "does not exist yet (its dataset would warp every patch to the mean shape); "
-                                      "remove it from the block")
+            modes = augs[a]["shape_modes"]
+            if isinstance(modes, bool) or not isinstance(modes, int) or modes < 0:
+                raise DataError(path, f"{where}: augmentation {a!r} has shape_modes {modes!r}: give the number of "
+                                      "PCA modes (0: no shape augmentation, the real patches unwarped)")
+            if modes == 0 and augs[a].get("c_max") is not None:
+                raise DataError(path, f"augmentations.{a}: shape_modes 0 is training without shape augmentation; "
+                                      "a c_max has nothing to scale: remove it")
         bad = [m for m in block["methods"] if m not in METHODS]
         if bad or not block["methods"]:
             raise DataError(path, _unknown_message([str(m) for m in bad], METHODS, f"methods in {where}")
@@ -287,9 +299,53 @@ def _check_design(raw: dict, path: Path) -> None:
                 raise DataError(path, f"statistics.findings {f.id!r} names arm(s) {missing} that the blocks do "
                                       f"not make; arms: {sorted(names)}")
     if raw.get("ood_budget"):
-        from diskrobust.robustness.ood_budget import OodBudgetConfig
+        _check_ood_budget(raw["ood_budget"], names, path)
+    return names
 
-        try:
-            OodBudgetConfig.from_dict(raw["ood_budget"])
-        except ValueError as err:
-            raise DataError(path, str(err)) from None
+
+def _check_ood_budget(section: dict, names: set[str], path: Path) -> None:
+    """The `ood_budget` section: valid settings, and `arms` ("all" or design names) that the grid makes."""
+    from diskrobust.robustness.ood_budget import OodBudgetConfig
+
+    try:
+        cfg = OodBudgetConfig.from_dict(section)
+    except (ValueError, TypeError) as err:
+        raise DataError(path, str(err)) from None
+    if cfg.arms == "all":
+        return
+    if not isinstance(cfg.arms, list) or not cfg.arms or not all(isinstance(a, str) for a in cfg.arms):
+        raise DataError(path, f"ood_budget.arms must be \"all\" or a non-empty list of arm names, got {cfg.arms!r}")
+    unknown = [a for a in cfg.arms if a not in names]
+    if unknown:
+        raise DataError(path, _unknown_message(unknown, names, "arms in ood_budget.arms"))
+
+
+def _check_baselines(section: dict, path: Path) -> None:
+    """`baselines`: mean_shape (true/false), uniform_noise ({norm: budgets per pixel in (0, 1]}) and
+    uniform_noise_arms ("all", the default, or the arm names it runs on; checked against the grid by
+    `_check_arm_names`)."""
+    from diskrobust.robustness.baselines import NOISE_NORMS
+
+    if not isinstance(section, dict):
+        raise DataError(path, f"baselines must be an object, got {section!r}")
+    keys = ["mean_shape", "uniform_noise", "uniform_noise_arms"]
+    unknown = set(section) - set(keys)
+    if unknown:
+        raise DataError(path, _unknown_message(unknown, keys, "keys in baselines"))
+    arms = section.get("uniform_noise_arms", "all")
+    if arms != "all" and (not isinstance(arms, list) or not arms or not all(isinstance(a, str) for a in arms)):
+        raise DataError(path, f"baselines.uniform_noise_arms must be \"all\" or a non-empty list of arm names, "
+                              f"got {arms!r}")
+    if not isinstance(section.get("mean_shape", False), bool):
+        raise DataError(path, f"baselines.mean_shape must be true or false, got {section['mean_shape']!r}")
+    noise = section.get("uniform_noise", {})
+    if not isinstance(noise, dict):
+        raise DataError(path, f"baselines.uniform_noise must be {{norm: [budgets]}}, got {noise!r}")
+    bad = [n for n in noise if n not in NOISE_NORMS]
+    if bad:
+        raise DataError(path, _unknown_message(bad, NOISE_NORMS, "norms in baselines.uniform_noise"))
+    for norm, eps in noise.items():
+        if not isinstance(eps, list) or not eps or any(isinstance(e, bool) or not isinstance(e, (int, float))
+                                                       or not 0 < e <= 1 for e in eps):
+            raise DataError(path, f"baselines.uniform_noise.{norm} must be a non-empty list of budgets in (0, 1] "
+                                  f"(L-inf per pixel; L2 as per-pixel RMS), got {eps!r}")

@@ -3,7 +3,9 @@ and on a cluster's shared filesystem): the stage each running arm is in, how far
 
 - `arms/<arm>/<stage>.running.json`: which stage runs, since when (written by `stages.run_stage`);
 - `train.log`: the training bundle's iteration lines, `Epoch: k/n, Iter: i/m -- train/loss: x ...`;
-- `eval/sweep.log`: the attack bundle's JSON lines, `start` (units: N) then one per unit done.
+- `eval/sweep.log`: the attack bundle's JSON lines, `start` (units: N) then one per unit done;
+- after the sweep, the evaluate stage's measurements (`study/measure.py`): the running file names
+  the step and its log, whose last `[measure]` line is shown.
 
 The ETA of a stage is its elapsed time scaled by the fraction done (iterations for training,
 units for evaluation): a measured rate, not a guess; "?" until the first step is done.
@@ -88,6 +90,12 @@ def eval_progress(sweep_log: Path) -> tuple[float, str]:
     return done / total, f"unit {done}/{total}" + (f" (last: {last})" if last else "")
 
 
+def measure_progress(log: Path) -> str:
+    """The last progress line of a measurement's log (`python -m diskrobust.study.measure`)."""
+    lines = [ln[len("[measure] "):] for ln in _tail(log).splitlines() if ln.startswith("[measure] ")]
+    return lines[-1] if lines else "starting (test set, model)"
+
+
 def running_stages(cfg: StudyConfig, arms: list[Arm], now: float | None = None) -> list[StageProgress]:
     """Every stage that runs now, with its progress."""
     now = time.time() if now is None else now
@@ -98,6 +106,13 @@ def running_stages(cfg: StudyConfig, arms: list[Arm], now: float | None = None) 
                 info = json.loads(path.read_text())
                 stage = str(info["stage"])
             except (OSError, json.JSONDecodeError, KeyError):
+                continue
+            if info.get("step"):  # a measurement after the sweep
+                line = measure_progress(Path(info.get("log", "")))
+                k = re.search(r"setting (\d+)/(\d+)", line)  # the OOD budget's settings done (ETA from them)
+                done, detail = (int(k[1]) / int(k[2]) if k else 0.0), f"{info['step']}: {line}"
+                out.append(StageProgress(arm.name, stage, done, detail,
+                                         max(0.0, now - float(info.get("step_started", now))), int(info.get("attempt", 1))))
                 continue
             log = progress_log(cfg, arm, stage)
             done, detail = train_progress(log) if stage == "train" else eval_progress(log)

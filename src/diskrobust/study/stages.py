@@ -1,9 +1,17 @@
 """The two stages of an arm, as both engines run them: train (lumbar_disk_shape) and evaluate
 (lumbar_disk_attack), each the bundle command a user would type.
 
+The evaluate stage ends with the measurements the profile asks for besides the attack sweep
+(`measurement_steps`): uniform noise of the sweep's budgets (`baselines.uniform_noise`) and the
+OOD budget search (`ood_budget`, on the arms it lists): `python -m diskrobust.study.measure`
+measurements, the pending ones of an arm in one child process (imports are paid once), its log
+`measure.log` in the arm's folder, each measurement's output a folder there with its own marker
+(`done.json`, holding its arguments: a changed setting runs it again; a new training sets them aside).
+
 A stage leaves a marker when it finishes (`train_done.json`, `arm_done.json`) and is not run
-again while the marker is there; this file is the whole of the resume logic, so the local pool
-and the Ray engine resume alike. Everything a stage reads or writes lies in the arm's folder.
+again while the marker is there (and, for evaluate, while every measurement's marker is current);
+this file is the whole of the resume logic, so the local pool and the Ray engine resume alike.
+Everything a stage reads or writes lies in the arm's folder.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 SHAPE_BUNDLE = REPO_ROOT / "bundles" / "lumbar_disk_shape"
 ATTACK_BUNDLE = REPO_ROOT / "bundles" / "lumbar_disk_attack"
 STAGES = ("train", "evaluate")
+MEASUREMENT_DIRS = ("uniform_noise", "ood_budget")  # folders of the evaluate stage's measurements
 
 
 def _override_args(overrides: dict[str, Any]) -> list[str]:
@@ -167,6 +176,95 @@ def evaluation_parts(cfg: StudyConfig) -> list[dict[str, Any]]:
     return [{**settings, **part} for part in parts]  # `#` ids: a part overrides only its own ids
 
 
+def _sweep_settings(cfg: StudyConfig):
+    """The evaluation's sweep settings (num_samples, batch_size, tolerance_px) as the attack bundle reads them."""
+    from diskrobust.robustness.workflow import attack_bundle_args, load_sweep_config
+
+    files, settings = attack_bundle_args(ATTACK_BUNDLE, {"profile": cfg.evaluation.get("profile"),
+                                                         "sweep_overrides": cfg.evaluation.get("sweep_overrides", {})})
+    return load_sweep_config(*files, overrides=settings)
+
+
+def measures_ood_budget(cfg: StudyConfig, arm: Arm) -> bool:
+    """Whether the profile's `ood_budget` search runs on `arm` (its `arms`: design names, or "all")."""
+    if not cfg.ood_budget:
+        return False
+    arms = cfg.ood_budget.get("arms", "all")
+    return arms == "all" or arm.design_name in arms
+
+
+def measurement_steps(cfg: StudyConfig, arm: Arm) -> list[tuple[str, list[str], Path]]:
+    """(name, arguments of `python -m diskrobust.study.measure`, output folder) of each measurement the
+    profile asks of `arm` after its sweep, in order.
+
+    `baselines.uniform_noise` ({norm: budgets}): uniform noise of each budget on the sweep's test
+    patches, on every arm (or those `baselines.uniform_noise_arms` lists); `ood_budget`: the OOD budget
+    search (its settings inline), on the arms it lists. Both seeded by the arm's seed, like its sweep.
+    """
+    arm_dir = cfg.arm_dir(arm).resolve()
+    common = ["--ckpt_path", str(arm_dir / "models" / "model.pt"),
+              "--datalist", str((cfg.dataset_dir / "datalist.json").resolve()),
+              "--seed", str(cfg.seed if arm.seed is None else arm.seed)]
+    steps = []
+    noise = cfg.baselines.get("uniform_noise") or {}
+    noise_arms = cfg.baselines.get("uniform_noise_arms", "all")
+    if noise and (noise_arms == "all" or arm.design_name in noise_arms):
+        sweep = _sweep_settings(cfg)
+        for norm, eps in noise.items():
+            out = arm_dir / "uniform_noise" / norm
+            args = ["uniform-noise", *common, "--out", str(out), "--norm", norm,
+                    "--eps", *[f"{float(e)!r}" for e in eps], "--batch_size", str(sweep.batch_size),
+                    "--tolerance_px", f"{float(sweep.tolerance_px)!r}"]
+            if sweep.num_samples is not None:
+                args += ["--num_samples", str(sweep.num_samples)]
+            steps.append((f"uniform_noise_{norm}", args, out))
+    if measures_ood_budget(cfg, arm):
+        out = arm_dir / "ood_budget"
+        steps.append(("ood_budget", ["ood-budget", *common, "--out", str(out),
+                                     "--settings", json.dumps({k: v for k, v in cfg.ood_budget.items() if k != "arms"},
+                                                             sort_keys=True)], out))
+    return steps
+
+
+def pending_measurements(cfg: StudyConfig, arm: Arm) -> list[str]:
+    """Names of the measurements of `arm` whose marker (`<out>/done.json`) is missing or holds other arguments."""
+    return [name for name, args, out in measurement_steps(cfg, arm) if _read_json(out / "done.json").get("args") != args]
+
+
+def measure_command(parts: list[list[str]]) -> list[str]:
+    """One `python -m diskrobust.study.measure` command running `parts` in one process (joined by `+`)."""
+    cmd = [sys.executable, "-m", "diskrobust.study.measure"]
+    for k, part in enumerate(parts):
+        cmd += (["+"] if k else []) + part
+    return cmd
+
+
+def run_measurements(cfg: StudyConfig, arm: Arm, running: Path | None = None) -> dict[str, float]:
+    """Run the pending measurements of `arm` in one child process; {name: seconds} of those run.
+
+    Raises ArmFailed naming the log (`arms/<arm>/measure.log`) when it exits non-zero. `running`: the
+    stage's running file, updated with the step and its log (the progress view reads them).
+    """
+    pending = pending_measurements(cfg, arm)
+    steps = [(name, args, out) for name, args, out in measurement_steps(cfg, arm) if name in pending]
+    if not steps:
+        return {}
+    log = cfg.arm_dir(arm) / "measure.log"
+    if running is not None and running.is_file():
+        atomic_write_json(running, {**_read_json(running), "step": " + ".join(pending), "log": str(log),
+                                    "step_started": time.time()})
+    cmd = measure_command([args for _, args, _ in steps])
+    run_bundle(cmd, log, f"{arm.name} measurements ({', '.join(pending)})", REPO_ROOT, bundle_env())
+    seconds = {}
+    for name, args, out in steps:
+        done = _read_json(out / "done.json")
+        if done.get("args") != args:
+            raise ArmFailed(f"{arm.name}: the measurement {name} finished without its marker {out / 'done.json'}; "
+                            f"log: {log}")
+        seconds[name] = float(done.get("seconds", 0.0))
+    return seconds
+
+
 def part_dir(cfg: StudyConfig, arm: Arm, part: int) -> Path:
     return cfg.arm_dir(arm) / "eval_parts" / f"part{part}"
 
@@ -185,7 +283,7 @@ def progress_log(cfg: StudyConfig, arm: Arm, stage: str) -> Path:
     """The file a stage's progress is read from: the training log, or the sweep's event log."""
     if stage == "train":
         return cfg.arm_dir(arm) / "train.log"
-    if stage == "evaluate":
+    if stage == "evaluate":  # a measurement after the sweep names its own log in the running file
         return cfg.arm_dir(arm) / "eval" / "sweep.log"
     return part_dir(cfg, arm, int(stage.split(":")[1])) / "eval" / "sweep.log"
 
@@ -234,8 +332,8 @@ def _set_aside(arm_dir: Path, attempt: int) -> None:
     """Move what an unfinished (or discarded) training left in the arm folder into `previous/`:
     a fresh training must not start in a folder holding another run's checkpoints, and nothing is
     deleted silently."""
-    leftovers = [arm_dir / n for n in ("models", "logs", "train.log", "train_done.json", "arm_done.json", "eval_parts")
-                 if (arm_dir / n).exists()]
+    leftovers = [arm_dir / n for n in ("models", "logs", "train.log", "train_done.json", "arm_done.json", "eval_parts",
+                                       *MEASUREMENT_DIRS) if (arm_dir / n).exists()]
     if not leftovers:
         return
     dest = arm_dir / "previous" / f"{time.strftime('%Y%m%d-%H%M%S')}-attempt{attempt}-pid{os.getpid()}"
@@ -262,7 +360,7 @@ def run_stage(cfg: StudyConfig, arm: Arm, stage: str, resume: bool = True) -> di
     if stopping():
         raise Interrupted(f"{arm.name} {stage}: not started, the study is stopping")
     done = marker(cfg, arm, stage)
-    if resume and done.is_file():
+    if resume and done.is_file() and not (stage == "evaluate" and pending_measurements(cfg, arm)):
         return {"stage": stage, "status": "skipped", "seconds": float(_read_json(done).get("seconds", 0.0)),
                 "attempt": 0}
     arm_dir.mkdir(parents=True, exist_ok=True)
@@ -270,6 +368,7 @@ def run_stage(cfg: StudyConfig, arm: Arm, stage: str, resume: bool = True) -> di
     running = running_file(cfg, arm, stage)  # who runs it: the progress view and the tests read it
     atomic_write_json(running, {"stage": stage, "attempt": attempt, "pid": os.getpid(),
                                 "host": socket.gethostname(), "started": time.time()})
+    measured: dict[str, float] = {}  # evaluate: seconds of each measurement run after the sweep
     try:
         if stage == "train":
             if arm.method != "std" and not (cfg.arm_dir(arm.base) / "models" / "model.pt").is_file():
@@ -292,6 +391,9 @@ def run_stage(cfg: StudyConfig, arm: Arm, stage: str, resume: bool = True) -> di
                 log = part_dir(cfg, arm, k) / "evaluate.log"
             seconds = run_bundle(cmd, log, f"{arm.name} {stage.replace('evaluate:', 'evaluation part ')}",
                                  REPO_ROOT, bundle_env())
+            if stage == "evaluate":
+                measured = run_measurements(cfg, arm, running)
+                seconds += sum(measured.values())
     finally:
         running.unlink(missing_ok=True)
     stages = {}
@@ -302,14 +404,15 @@ def run_stage(cfg: StudyConfig, arm: Arm, stage: str, resume: bool = True) -> di
         stages = {"train": float(_read_json(arm_dir / "train_done.json").get("seconds", 0.0))}
         (arm_dir / "arm_failed.json").unlink(missing_ok=True)
     atomic_write_json(done, {"arm": arm.name, "seconds": seconds, "command": cmd, "attempt": attempt,
-                             "stages": {**stages, stage: seconds}})
+                             "stages": {**stages, stage: seconds},
+                             **({"measurements": measured} if stage == "evaluate" else {})})
     return {"stage": stage, "status": "done", "seconds": seconds, "attempt": attempt}
 
 
 def skipped_outcome(cfg: StudyConfig, arm: Arm) -> ArmOutcome | None:
     """The outcome of an arm that finished in an earlier run, or None when it has work left."""
     done = marker(cfg, arm, "evaluate")
-    if not done.is_file():
+    if not done.is_file() or pending_measurements(cfg, arm):
         return None
     return ArmOutcome(arm, "skipped", stages=_read_json(done).get("stages", {}))
 

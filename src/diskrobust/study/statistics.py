@@ -36,6 +36,13 @@ epsilons controls the family-wise error at `alpha`. Verdicts:
   for "equivalent": a difference larger than smallest_effect is shown (Holm) at some epsilon.
 - inconclusive: anything else (the data cannot tell), including both directions shown at
   different epsilons.
+
+Censored budgets (finding 3, sweep "ood_budget"). A target the OOD attack does not reach within
+`rms_max` has a needed budget above rms_max, counted as rms_max (`ood_budget.finding_rows`): its
+difference between arms is unknown, and two arms that both hit the cap look equal. So an
+equivalence is called reproduced only while at most `MAX_CENSORED` (20 %) of either arm's targets
+are censored; above it the verdict is inconclusive (raise rms_max). Every budget verdict states the
+censored shares (`censoring`).
 """
 
 from __future__ import annotations
@@ -52,12 +59,16 @@ __all__ = [
     "bootstrap_pvalue", "FindingSpec", "EpsDecision", "FindingResult", "decide_finding", "values_matrix",
     "paired_matrices", "finding_markdown", "sampled_shape_variance", "variance_matched_c_max",
     "StatisticsConfig", "decide_findings", "load_arm_rows", "findings_summary_markdown",
-    "variance_matched_c_max_for_training",
+    "variance_matched_c_max_for_training", "MAX_CENSORED", "censoring",
 ]
 
 SCHEMES = ("crossed", "nested")
 DIRECTIONS = ("less", "greater", "equivalent")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+
+# The largest share of either arm's targets censored at rms_max for which an OOD budget equivalence
+# may be called reproduced (module doc).
+MAX_CENSORED = 0.2
 
 # Cells held in memory at once by the vectorised bootstrap (replicates x seeds x disks).
 _CHUNK_CELLS = 4_000_000
@@ -268,12 +279,14 @@ class FindingResult:
     reason: str
     alpha: float
     decisions: list[EpsDecision]
+    censored: dict | None = None  # OOD budget: {"a": share, "b": share} of targets not reached within rms_max
 
     def to_dict(self) -> dict:
         return {"id": self.spec.id, "claim": self.spec.claim, "a": self.spec.a, "b": self.spec.b,
                 "metric": self.spec.metric, "direction": self.spec.direction,
                 "smallest_effect": self.spec.smallest_effect, "alpha": self.alpha, "verdict": self.verdict,
-                "reason": self.reason, "per_eps": [d.to_dict() for d in self.decisions]}
+                "reason": self.reason, "per_eps": [d.to_dict() for d in self.decisions],
+                **({"censored": self.censored} if self.censored is not None else {})}
 
 
 def _fmt_eps(values: Sequence[float]) -> str:
@@ -282,8 +295,12 @@ def _fmt_eps(values: Sequence[float]) -> str:
 
 def decide_finding(spec: FindingSpec, a_by_eps: Mapping[float, np.ndarray], b_by_eps: Mapping[float, np.ndarray],
                    alpha: float = 0.05, level: float = 0.95, n_boot: int = 2000, seed: int = 0,
-                   scheme: str = "crossed") -> FindingResult:
-    """The verdict of one finding from arm a's and arm b's (seeds, disks) matrices per epsilon (module doc)."""
+                   scheme: str = "crossed", censored: Mapping[str, float] | None = None) -> FindingResult:
+    """The verdict of one finding from arm a's and arm b's (seeds, disks) matrices per epsilon (module doc).
+
+    censored: for budgets with a cap (OOD budget), {"a": share, "b": share} of cells censored at the cap
+    (`censoring`); an equivalence with more than MAX_CENSORED in either arm is inconclusive.
+    """
     if not (0.0 < alpha < 0.5):
         raise ValueError(f"alpha must lie in (0, 0.5), got {alpha}")
     eps_list = sorted(a_by_eps)
@@ -327,7 +344,17 @@ def decide_finding(spec: FindingSpec, a_by_eps: Mapping[float, np.ndarray], b_by
         for d, s in zip(decisions, opposite):
             d.opposite_shown = bool(s)
     verdict, reason = _verdict(spec, decisions, alpha)
-    return FindingResult(spec, verdict, reason, alpha, decisions)
+    if censored is not None:
+        share = {k: float(censored[k]) for k in ("a", "b")}
+        note = (f"{share['a']:.0%} of {spec.a}'s and {share['b']:.0%} of {spec.b}'s targets were not reached within "
+                "the largest budget (counted at it)")
+        if verdict == "reproduced" and spec.direction == "equivalent" and max(share.values()) > MAX_CENSORED:
+            verdict, reason = "inconclusive", (f"{reason}, but {note}: more than {MAX_CENSORED:.0%} censored, so the "
+                                               "equal budgets may be the cap's (raise rms_max)")
+        else:
+            reason = f"{reason}; {note}"
+        censored = share
+    return FindingResult(spec, verdict, reason, alpha, decisions, censored)
 
 
 def _verdict(spec: FindingSpec, decisions: list[EpsDecision], alpha: float) -> tuple[str, str]:
@@ -382,6 +409,9 @@ def finding_markdown(result: FindingResult, digits: int = 2, unit: str = "") -> 
         lines.append(f"| {d.eps:g} | {d.a.text(digits)} | {d.b.text(digits)} | {d.diff.text(digits)} | "
                      f"{'yes' if d.shown else 'no'} | {'yes' if d.opposite_shown else 'no'} | "
                      f"{'yes' if d.equivalent else 'no'} |")
+    if result.censored is not None:
+        lines += ["", f"Targets not reached within the largest budget (counted at it): {spec.a} "
+                      f"{result.censored['a']:.0%}, {spec.b} {result.censored['b']:.0%}."]
     return lines
 
 
@@ -423,8 +453,20 @@ def decide_findings(cfg: StatisticsConfig, rows: Mapping[str, Mapping[int, Seque
     out = []
     for spec in cfg.findings:
         a_by, b_by = paired_matrices(rows, spec)
-        out.append(decide_finding(spec, a_by, b_by, cfg.alpha, cfg.level, cfg.n_boot, cfg.seed, cfg.scheme))
+        out.append(decide_finding(spec, a_by, b_by, cfg.alpha, cfg.level, cfg.n_boot, cfg.seed, cfg.scheme,
+                                  censoring(rows, spec)))
     return out
+
+
+def censoring(rows: Mapping[str, Mapping[int, Sequence[Mapping]]], spec: FindingSpec) -> dict | None:
+    """{"a": share, "b": share} of the finding's cells whose budget was not reached (column "reached" of
+    `ood_budget.finding_rows`, over every seed, target and eps), or None for findings without that column."""
+    if spec.sweep != "ood_budget":
+        return None
+    reached = FindingSpec(**{**spec.__dict__, "metric": "reached"})
+    a_by, b_by = paired_matrices(rows, reached)
+    return {"a": float(1.0 - np.mean([m.mean() for m in a_by.values()])),
+            "b": float(1.0 - np.mean([m.mean() for m in b_by.values()]))}
 
 
 def findings_summary_markdown(results: Sequence[FindingResult], digits: int = 2) -> list[str]:
@@ -433,7 +475,9 @@ def findings_summary_markdown(results: Sequence[FindingResult], digits: int = 2)
              "|---|---|---|---|---|"]
     for r in results:
         d = max(r.decisions, key=lambda x: abs(x.diff.mean))
-        lines.append(f"| {r.spec.id} | {r.spec.claim} | **{r.verdict}** | {d.diff.text(digits)} (eps {d.eps:g}) | "
+        where = "OOD budget, per-pixel RMS" if r.spec.sweep == "ood_budget" else f"eps {d.eps:g}"
+        lines.append(f"| {r.spec.id} | {r.spec.claim} | **{r.verdict}** | "
+                     f"{d.diff.text(max(digits, 3) if r.spec.sweep == 'ood_budget' else digits)} ({where}) | "
                      f"{r.spec.smallest_effect:g} |")
     return lines
 
