@@ -139,16 +139,26 @@ def _check_images(images) -> torch.Tensor:
     return images.detach()
 
 
-def image_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
-    """The noise generator of image `index` (its position in the data set) under `seed`.
+# Noisy copies drawn per generator: large enough that seeding costs nothing next to the draws, fixed so
+# that the chunk size of the forward passes never changes a copy's noise.
+NOISE_BLOCK = 16
 
-    One generator per image, so an image's noise and certificate do not depend on which other images
-    share its batch or on the chunk size of the forward passes.
-    """
-    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
+
+def noise_generator(seed: int, index: int, block: int, device: torch.device) -> torch.Generator:
+    """The generator of copies [block * NOISE_BLOCK, (block + 1) * NOISE_BLOCK) of image `index` (its position
+    in the data set) under `seed`: an image's noise does not depend on which other images share its batch."""
+    state = np.random.SeedSequence([int(seed), int(index), int(block)]).generate_state(2, dtype=np.uint32)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(state[0]) << 32 | int(state[1]))
     return gen
+
+
+def draw_noise(shape, seed: int, index: int, start: int, stop: int, device, dtype) -> torch.Tensor:
+    """(stop - start, *shape) standard normal noise of copies start..stop-1 of image `index`."""
+    first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
+    blocks = [torch.randn((NOISE_BLOCK,) + tuple(shape), generator=noise_generator(seed, index, blk, device),
+                          device=device, dtype=dtype) for blk in range(first, last + 1)]
+    return torch.cat(blocks)[start - first * NOISE_BLOCK:stop - first * NOISE_BLOCK]
 
 
 class MedianSmoothing:
@@ -160,7 +170,7 @@ class MedianSmoothing:
         sigma: noise standard deviation on the input scale ([0, 1] intensities).
         n: noisy copies per image.
         chunk_size: copies per forward pass (memory).
-        seed: seeds one generator per image (`image_generator(seed, first_index + b)`).
+        seed: seeds the noise streams of each image (`noise_generator(seed, first_index + b, block)`).
 
     `samples(images)` gives the raw noisy outputs (B, n, *out), the input of `certify`.
     """
@@ -176,18 +186,17 @@ class MedianSmoothing:
 
     def samples(self, images: torch.Tensor, first_index: int = 0, n: int | None = None,
                 seed: int | None = None) -> torch.Tensor:
-        """(B, n, *out) base outputs at images + N(0, sigma^2); image b uses generator (seed, first_index + b)."""
+        """(B, n, *out) base outputs at images + N(0, sigma^2); image b is image `first_index + b` of the seed's streams."""
         x = _check_images(images)
         n = self.n if n is None else _check_int(n, "n", 1)
         seed = self.seed if seed is None else int(seed)
         out = []
         with attack_context(self.model), torch.no_grad():
             for b in range(x.shape[0]):
-                gen = image_generator(seed, first_index + b, x.device)
                 rows = []
                 for start in range(0, n, self.chunk_size):
-                    count = min(self.chunk_size, n - start)
-                    noise = torch.randn((count,) + tuple(x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
+                    stop = min(n, start + self.chunk_size)
+                    noise = draw_noise(x.shape[1:], seed, first_index + b, start, stop, x.device, x.dtype)
                     noisy = noise.mul_(self.sigma).add_(x[b])
                     rows.append(_points_of(run_model(self.model, noisy, ("pred",))).float())
                 out.append(torch.cat(rows, dim=0))
