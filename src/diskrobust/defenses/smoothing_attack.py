@@ -54,15 +54,26 @@ class SmoothedSurrogate(nn.Module):
 
 def attack_smoothed(model: nn.Module, images: torch.Tensor, sigma: float, radius: float, targets: torch.Tensor,
                     steps: int = 10, samples: int = 16, reduce: str = "mean", restarts: int = 1,
-                    step_size: float | None = None, seed: int = 0) -> torch.Tensor:
+                    step_size: float | None = None, seed: int = 0, coordinate: int | None = None,
+                    direction: float = 1.0) -> torch.Tensor:
     """(B, C, H, W) images within L2 `radius` of `images` that push the smoothed points away from `targets`
-    (B, *out) (the clean smoothed prediction): L2 PGD, point SSE, random start, `restarts` restarts."""
+    (B, *out) (the clean smoothed prediction): L2 PGD, point SSE, random start, `restarts` restarts.
+
+    With `coordinate` (an index into the flattened output) the attack instead drives that one coordinate
+    up (`direction` +1) or down (-1): the direction in which the percentile bound is attained for a
+    linear model, so the strongest test of one coordinate's interval."""
     gen = torch.Generator(device=images.device)
     gen.manual_seed(int(np.random.SeedSequence([int(seed), 1]).generate_state(1)[0]))
     surrogate = SmoothedSurrogate(model, sigma, samples, reduce, generator=gen)
     step = radius / 4.0 if step_size is None else float(step_size)
+    objective = "points"
+    if coordinate is not None:
+        j, sign = int(coordinate), float(direction)
+
+        def objective(outputs, _targets):
+            return sign * outputs["pred"].flatten(1)[:, j]
     attack = PGD(surrogate, eps=float(radius), steps=steps, step_size=step, norm="l2", random_start=True,
-                 objective="points", point_loss="sse", restarts=restarts, seed=seed)
+                 objective=objective, point_loss="sse", restarts=restarts, seed=seed)
     return attack(images, {"points": targets}).images
 
 
