@@ -62,7 +62,8 @@ def _row(test, i: int, attack: str, norm: str, eps: float, err_px: float, err_mm
             "eps_rms": float(eps) / math.sqrt(test.images.shape[-2] * test.images.shape[-1]) if norm == "l2"
             else float("nan"), "steps": 0, "reference": "truth",
             "point_error_px": float(err_px), "point_error_mm": float(err_mm), "polygon_dice": float(poly),
-            "seg_dice": float(seg), "attack_loss": float("nan"), "delta_linf": float(linf), "delta_l2": float(l2)}
+            "seg_dice": float(seg), "attack_loss": float("nan"), "delta_linf": float(linf), "delta_l2": float(l2),
+            "member": ""}
 
 
 def mean_shape_rows(test, mean_points) -> list[dict]:
