@@ -18,10 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from diskrobust.data.errors import DataError
-
 CERTIFICATE_FORMAT = "diskrobust-certificate/1"
 
 
@@ -48,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load(model: str, dataset_dir: str, split: str, device: str, num_disks: int | None):
     from diskrobust.checkpoints import build_model_from_checkpoint
+    from diskrobust.data.errors import DataError
     from diskrobust.datasets import DiskPatchDataset
     from diskrobust.robustness.testset import load_test_set
 
@@ -73,6 +70,8 @@ def certify_model_file(model: str, dataset_dir: str, out: str, sigma: float, rad
                        seed: int = 0, chunk_size: int = 50, device: str = "cpu", check_steps: int = 0,
                        check_samples: int = 16) -> dict:
     """Certify every disk of `split` (the first `num_disks`); write certificate.json and the plot; return the dict."""
+    import torch
+
     from diskrobust.checkpoints import weights_digest
     from diskrobust.robustness.network import file_sha256
 
