@@ -4,7 +4,8 @@
 
 Pretrains DiskShapeNet on clean phantom patches, then fine-tunes two copies for the same number of
 iterations: `std` (clean) and `adv_r` (AdversarialTrainingHandler, PGD on the point SSE, eps 0.07,
-step 0.01). Both are evaluated on the phantom's test split, clean and under PGD (L-inf, step eps/5,
+step 0.01); `--arms std adv_r ima` adds the adaptive-margin arm (AdaptiveMarginTrainingHandler: PGD at a
+per-disk budget up to eps 0.07, `--ima-eps-step`, `--ima-tolerance-px`). All are evaluated on the phantom's test split, clean and under PGD (L-inf, step eps/5,
 point SSE). Prints a Markdown table of the mean point distance (px).
 """
 
@@ -25,6 +26,7 @@ from diskrobust.attacks import PGD, mean_point_distance
 from diskrobust.batch import prepare_disk_batch
 from diskrobust.datasets import DiskPatchDataset
 from diskrobust.data.phantom import PhantomConfig, write_phantom_dataset
+from diskrobust.handlers.adaptive_margin import AdaptiveMarginTrainingHandler
 from diskrobust.handlers.adversarial import AdversarialTrainingHandler
 from diskrobust.losses import DiskShapeLoss
 from diskrobust.networks import DiskShapeNet
@@ -75,6 +77,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None, help="phantom folder (default: a temporary one)")
+    parser.add_argument("--arms", nargs="+", default=["std", "adv_r"], choices=["std", "adv_r", "fast_r", "ima"])
+    parser.add_argument("--ima-eps-step", type=float, default=0.005)
+    parser.add_argument("--ima-tolerance-px", type=float, default=1.0)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,12 +98,20 @@ def main(argv=None):
     net = DiskShapeNet(width=args.width, spatial_size=args.patch_size).to(device)
     t_pre = train(net, train_set, args.pretrain_iters, args.batch, args.lr, args.seed, device)
     arms = {}
-    for mode in ("std", "adv_r"):
+    budgets = None
+    for mode in args.arms:
         arm = copy.deepcopy(net)
-        handler = AdversarialTrainingHandler(mode, eps=0.07, steps=args.train_steps, step_size=0.01, ramp_epochs=0,
-                                             seed=args.seed)
+        if mode == "ima":
+            handler = AdaptiveMarginTrainingHandler(eps=0.07, steps=args.train_steps, step_size=0.01,
+                                                    eps_step=args.ima_eps_step, tolerance_px=args.ima_tolerance_px,
+                                                    seed=args.seed)
+        else:
+            handler = AdversarialTrainingHandler(mode, eps=0.07, steps=args.train_steps, step_size=0.01,
+                                                 ramp_epochs=0, seed=args.seed)
         seconds = train(arm, train_set, args.finetune_iters, args.batch, args.lr, args.seed + 1, device, handler)
         arms[mode] = (arm, seconds)
+        if mode == "ima":
+            budgets = handler.summary()
 
     eps_list = (0.0, 0.03, 0.07)
     print(f"\nphantom: {args.subjects} subjects, {len(train_set)} training / {len(test_set)} test patches, "
@@ -110,6 +123,8 @@ def main(argv=None):
     for mode, (arm, seconds) in arms.items():
         row = evaluate(arm, test_set, eps_list, args.eval_steps, device, args.seed)
         print(f"| {mode} | {seconds:.0f} | " + " | ".join(f"{row[e]:.2f}" for e in eps_list) + " |")
+    if budgets is not None:
+        print(f"\nima per-disk budgets at the end: {', '.join(f'{k} {v:.4g}' for k, v in budgets.items())}")
 
 
 if __name__ == "__main__":

@@ -159,11 +159,13 @@ def test_automatic_search_names_the_lumbar_disks_and_outlines_them(server, subje
         assert levels[:5] == LUMBAR, (image_id, levels)
         for d in result["disks"][:5]:
             assert not d["doubtful"], (image_id, d["level"], d["flags"])
+            if "found_by" in d:
+                print(image_id, d["level"], "found by", d["found_by"])
             scores.append(dice(label == d["label"], subject.label == d["label"]))
-    # The bar is Dice >= 0.85 per disk. The shipped model on phantom v2 reaches 0.80-0.95 (7 of
-    # these 10 disks >= 0.85, measured 2026-12-01): the contour quality is the model's; the bound below
-    # is that measurement less a margin, so a regression of the search (wrong disk, wrong centre) fails.
-    assert min(scores) >= 0.78 and float(np.mean(scores)) >= 0.86, np.round(scores, 3)
+    # The bar: Dice >= 0.85 per disk. The shipped model (trained on phantom v2) reached 0.889-0.965
+    # on these 10 disks (measured 2026-12-02); a wrong disk or a misplaced centre falls far below.
+    print("per-disk Dice", np.round(scores, 3))
+    assert min(scores) >= 0.85, np.round(scores, 3)
 
 
 def test_clicked_disks_are_outlined_and_named_from_the_bottom_up(server, subjects):

@@ -1,7 +1,8 @@
 """Projected gradient descent (PGD) for the disk shape network's multi-output regression.
 
 Untargeted: maximise the objective (point SSE, 1 - soft Dice, or both) against the true targets.
-Targeted: minimise it against a given shape / mask. L-inf or L2 budget on [0, 1] intensities.
+Targeted: minimise it against a given shape / mask. L-inf or L2 budget on [0, 1] intensities, one
+for the whole batch or one per sample (a (B,) tensor: the adaptive-margin training arm).
 """
 
 from __future__ import annotations
@@ -26,14 +27,46 @@ def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
 
 
-def project_(delta: torch.Tensor, images: torch.Tensor, eps: float, norm: str, clip: tuple[float, float]) -> torch.Tensor:
+Budget = float | torch.Tensor  # one value, or per sample shaped (B, 1, ..., 1) to broadcast over a sample
+
+
+def per_sample_budget(value, images: torch.Tensor, name: str) -> Budget:
+    """`value` as used on `images` (B, ...): a float stays a float; a (B,) tensor becomes (B, 1, ..., 1)
+    on the images' device and dtype (a batch-size mismatch is refused naming the setting)."""
+    if not torch.is_tensor(value):
+        return value
+    if value.shape != (images.shape[0],):
+        raise ValueError(f"per-sample {name} must have shape ({images.shape[0]},) for a batch of "
+                         f"{images.shape[0]}, got {tuple(value.shape)}")
+    return value.to(device=images.device, dtype=images.dtype).view(-1, *([1] * (images.ndim - 1)))
+
+
+def _check_budget(value, name: str):
+    """A finite number >= 0, or a 1-D tensor of them (detached float64 copy)."""
+    if torch.is_tensor(value):
+        if value.ndim != 1 or value.numel() == 0 or not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
+            raise ValueError(f"{name} as a tensor must be 1-D (one value per sample), finite and >= 0, "
+                             f"got shape {tuple(value.shape)}")
+        return value.detach().to(torch.float64).clone()
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def project_(delta: torch.Tensor, images: torch.Tensor, eps: Budget, norm: str, clip: tuple[float, float]) -> torch.Tensor:
     """In place: delta onto the eps-ball of `norm`, then so that images + delta lies in `clip`.
+
+    `eps` is a float or a per-sample (B, 1, ..., 1) tensor (`per_sample_budget`).
 
     The box step only shrinks each |delta_i| (images are inside the box), so the result stays in the
     ball: for L-inf this is the exact Euclidean projection onto ball ∩ box, for L2 a feasible point.
     """
     if norm == "linf":
-        delta.clamp_(-eps, eps)
+        if torch.is_tensor(eps):
+            torch.maximum(torch.minimum(delta, eps, out=delta), -eps, out=delta)
+        else:
+            delta.clamp_(-eps, eps)
     else:
         delta.mul_((eps / _per_sample_norm(delta).clamp_min(1e-12)).clamp(max=1.0))
     lo, hi = clip
@@ -41,8 +74,10 @@ def project_(delta: torch.Tensor, images: torch.Tensor, eps: float, norm: str, c
     return delta
 
 
-def random_start(images: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
-    """A uniform draw from the eps-ball (L-inf: per pixel U[-eps, eps]; L2: uniform in the ball), (B, C, H, W)."""
+def random_start(images: torch.Tensor, eps: Budget, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+    """A uniform draw from the eps-ball (L-inf: per pixel U[-eps, eps]; L2: uniform in the ball), (B, C, H, W).
+
+    `eps` is a float or a per-sample (B, 1, ..., 1) tensor; the draws are the same either way, only scaled."""
     if norm == "linf":
         u = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         return u.mul_(2.0).sub_(1.0).mul_(eps)
@@ -51,7 +86,7 @@ def random_start(images: torch.Tensor, eps: float, norm: str, generator: torch.G
     dim = images[0].numel()
     # radius ~ eps * U^(1/d) makes the draw uniform in the volume of the d-ball
     u = torch.rand((images.shape[0],), generator=generator, device=images.device, dtype=images.dtype)
-    radius = eps * u.pow(1.0 / dim)
+    radius = (eps.reshape(-1) if torch.is_tensor(eps) else eps) * u.pow(1.0 / dim)
     return direction.mul_(radius.view(-1, *([1] * (images.ndim - 1))))
 
 
@@ -67,9 +102,11 @@ class PGD(Attack):
 
     Args:
         model: the network (DDP/DataParallel wrappers are unwrapped); never modified.
-        eps: budget on [0, 1] intensities (L-inf) or per-image L2 norm.
+        eps: budget on [0, 1] intensities (L-inf) or per-image L2 norm; a (B,) tensor gives each sample of
+            the batch its own budget (every call must then pass a batch of B).
         steps: gradient steps per restart (K steps cost K forward+backward passes and one forward).
-        step_size: step length; default eps / 5 (the paper's evaluation setting; training uses 0.01).
+        step_size: step length; default eps / 5 (the paper's evaluation setting; training uses 0.01); a (B,)
+            tensor gives each sample its own step ("sign" update only).
         norm: "linf" | "l2".
         random_start: start from a uniform draw in the ball (else from the clean image).
         update: "sign": delta += step * direction, direction = sign(grad) (L-inf) or grad / ||grad||_2 (L2);
@@ -105,8 +142,6 @@ class PGD(Attack):
         super().__init__(model, seed)
         self.chunk_size = check_chunk_size(chunk_size)
         self.generator = generator
-        if not (math.isfinite(eps) and eps >= 0):
-            raise ValueError(f"eps must be a finite number >= 0, got {eps}")
         if int(steps) != steps or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps}")
         if norm not in NORMS:
@@ -117,11 +152,11 @@ class PGD(Attack):
             raise ValueError(f"restarts must be an integer >= 1, got {restarts}")
         if len(clip) != 2 or not clip[0] < clip[1]:
             raise ValueError(f"clip must be (low, high) with low < high, got {clip}")
-        self.eps = float(eps)
+        self.eps = _check_budget(eps, "eps")
         self.steps = int(steps)
-        self.step_size = self.eps / 5.0 if step_size is None else float(step_size)
-        if not self.step_size >= 0:
-            raise ValueError(f"step_size must be >= 0, got {step_size}")
+        self.step_size = self.eps / 5.0 if step_size is None else _check_budget(step_size, "step_size")
+        if torch.is_tensor(self.step_size) and update != "sign":
+            raise ValueError("a per-sample step_size needs update='sign' (Adamax takes one learning rate)")
         self.norm = norm
         self.random_start = bool(random_start)
         self.update = update
@@ -141,24 +176,27 @@ class PGD(Attack):
         x = check_images(images, "PGD")
         targets = _targets_on(targets, x)
         gen = self.generator if self.generator is not None else make_generator(x.device, self.seed)
+        eps = per_sample_budget(self.eps, x, "eps")
+        step = per_sample_budget(self.step_size, x, "step_size")
         best = BestIterate(x, maximize=not self.targeted)
         parts = chunks(x.shape[0], self.chunk_size)
         bar = tqdm(total=self.restarts * self.steps * len(parts), desc="PGD", disable=not self.progress, leave=False)
         for _ in range(self.restarts):
             # drawn for the whole batch, so that the chunking cannot change any sample's start
-            delta = random_start(x, self.eps, self.norm, gen) if self.random_start else torch.zeros_like(x)
-            project_(delta, x, self.eps, self.norm, self.clip)
+            delta = random_start(x, eps, self.norm, gen) if self.random_start else torch.zeros_like(x)
+            project_(delta, x, eps, self.norm, self.clip)
             for rows in parts:
-                self._run(x[rows], delta[rows].clone(), {k: v[rows] for k, v in targets.items()}, best, rows, bar)
+                self._run(x[rows], delta[rows].clone(), {k: v[rows] for k, v in targets.items()}, best, rows, bar,
+                          _rows_of(eps, rows), _rows_of(step, rows))
         bar.close()
         adv = (x + best.delta).clamp(*self.clip)
         return AttackResult(images=adv, losses=best.loss, deltas=adv - x)
 
     def _run(self, x: torch.Tensor, delta: torch.Tensor, targets: Mapping[str, torch.Tensor], best: BestIterate,
-             rows: slice, bar) -> None:
+             rows: slice, bar, eps: Budget, step: Budget) -> None:
         """One restart on the samples `rows`: `steps` updates from `delta`, every iterate scored into `best`."""
         sign = -1.0 if self.targeted else 1.0
-        optimizer = torch.optim.Adamax([delta], lr=self.step_size) if self.update == "adamax" else None
+        optimizer = torch.optim.Adamax([delta], lr=step) if self.update == "adamax" else None
         for k in range(self.steps + 1):
             last = k == self.steps
             if last:
@@ -176,13 +214,20 @@ class PGD(Attack):
             with torch.no_grad():
                 direction = ascent_direction(grad, self.norm)
                 if optimizer is None:
-                    delta.add_(direction, alpha=self.step_size)
+                    if torch.is_tensor(step):
+                        delta.addcmul_(direction, step)
+                    else:
+                        delta.add_(direction, alpha=step)
                 else:
                     delta.grad = direction.neg_()  # Adamax minimises
                     optimizer.step()
                     delta.grad = None
-                project_(delta, x, self.eps, self.norm, self.clip)
+                project_(delta, x, eps, self.norm, self.clip)
             bar.update(1)
+
+
+def _rows_of(budget: Budget, rows: slice) -> Budget:
+    return budget[rows] if torch.is_tensor(budget) else budget
 
 
 def _targets_on(targets: Mapping[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:

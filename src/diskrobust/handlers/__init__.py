@@ -1,6 +1,7 @@
 """Ignite handlers: TensorBoard contour images, per-epoch dataset seeding, evaluation reports,
-inference writers, adversarial training, and the engine wiring the bundle configs call."""
+inference writers, adversarial training (and its adaptive-margin arm), and the engine wiring the bundle configs call."""
 
+from diskrobust.handlers.adaptive_margin import AdaptiveMarginTrainingHandler
 from diskrobust.handlers.adversarial import AdversarialTrainingHandler
 from diskrobust.handlers.checkpoints import PruneCheckpoints
 from diskrobust.handlers.contour_writer import DiskContourWriter, contours_to_label_mask
@@ -12,6 +13,7 @@ from diskrobust.handlers.wiring import attach_handlers, train_scalars
 
 __all__ = [
     "AdversarialTrainingHandler",
+    "AdaptiveMarginTrainingHandler",
     "PruneCheckpoints",
     "DiskContourWriter",
     "contours_to_label_mask",

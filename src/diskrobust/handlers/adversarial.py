@@ -21,7 +21,7 @@ from diskrobust.attacks import PGD, unwrap_model
 
 logger = logging.getLogger(__name__)
 
-MODES = ("std", "rand", "adv_r", "adv_s", "adv_rs", "fast_r")
+MODES = ("std", "rand", "adv_r", "adv_s", "adv_rs", "fast_r", "ima")
 # (objective, share of the adversarial half of the loss) per adversarial set of each arm
 _ARMS = {
     "rand": (("rand", 1.0),),
@@ -29,6 +29,7 @@ _ARMS = {
     "adv_s": (("seg", 1.0),),
     "adv_rs": (("points", 0.5), ("seg", 0.5)),
     "fast_r": (("points", 1.0),),
+    "ima": (("points", 1.0),),  # AdaptiveMarginTrainingHandler (handlers/adaptive_margin.py): one budget per sample
 }
 # "fast is better than free" (Wong, Rice & Kolter 2020): one sign step of 1.25 eps from a uniform random
 # start, projected; the stepped point is used whether or not it beats the start (no keep-best).
@@ -58,7 +59,8 @@ class AdversarialTrainingHandler:
         mode: "std" (no-op) | "rand" (x + U[-eps, eps] noise, clipped) | "adv_r" (PGD on the point SSE)
             | "adv_s" (PGD on 1 - soft Dice) | "adv_rs" (both, half of the adversarial weight each)
             | "fast_r" (FGSM with random start on the point SSE, "fast is better than free": one sign step of
-            1.25 eps_t from U[-eps_t, eps_t], projected; `steps` and `step_size` are not used).
+            1.25 eps_t from U[-eps_t, eps_t], projected; `steps` and `step_size` are not used)
+            | "ima" (adaptive margin: only through AdaptiveMarginTrainingHandler, handlers/adaptive_margin.py).
         eps: final L-inf budget (paper 0.07).
         steps: PGD steps (paper 20).
         step_size: PGD step (paper 0.01).
@@ -78,12 +80,17 @@ class AdversarialTrainingHandler:
     "rand"); `adv_losses` the same as a dict.
     """
 
+    adaptive_margin = False  # True in AdaptiveMarginTrainingHandler, the one class that runs mode "ima"
+
     def __init__(self, mode: str = "adv_r", eps: float = 0.07, steps: int = 20, step_size: float = 0.01,
                  ramp_epochs: int | None = 100, random_start: bool = True, point_loss: str = "sse",
                  seed: int = 0, network: nn.Module | None = None, summary_writer=None,
                  tag_prefix: str = "adversarial", chunk_size: int | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "ima" and not self.adaptive_margin:
+            raise ValueError("mode 'ima' (adaptive margin) is diskrobust.handlers.AdaptiveMarginTrainingHandler; in the "
+                             "bundle add configs/train_ima.json after train_adversarial.json")
         if not eps >= 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         if ramp_epochs is not None and ramp_epochs < 0:
@@ -166,19 +173,7 @@ class AdversarialTrainingHandler:
         generator = self._generator(device, engine.state.iteration)
 
         sets = self.adversarial_sets(network, image, targets, eps, generator)
-
-        base = _plain(batch["weight"]).to(device=device, dtype=image.dtype) if "weight" in batch else \
-            torch.ones(size, device=device, dtype=image.dtype)
-        # clean gets half the loss, the adversarial sets share the other half (weights are per sample)
-        weights = [0.5 * base] + [0.5 * share * base for _, share, _, _ in sets]
-        new_batch = {k: _repeat_batch(v, size, 1 + len(sets)) for k, v in batch.items()
-                     if k not in ("image", "weight")}
-        for key in ("points", "mask"):
-            if key in targets:
-                new_batch[key] = torch.cat([targets[key]] * (1 + len(sets)), dim=0)
-        new_batch["image"] = torch.cat([image] + [adv for _, _, adv, _ in sets], dim=0)
-        new_batch["weight"] = torch.cat(weights, dim=0)
-        engine.state.batch = new_batch
+        new_batch = self.replace_batch(engine, batch, image, targets, sets)
 
         losses = {tag: float(loss.mean()) for tag, _, _, loss in sets if tag != "rand"}
         engine.state.adv_eps = eps
@@ -193,4 +188,23 @@ class AdversarialTrainingHandler:
             self.summary_writer.add_scalar(f"{self.tag_prefix}/eps", eps, step)
             for tag, value in losses.items():
                 self.summary_writer.add_scalar(f"{self.tag_prefix}/loss_{tag}", value, step)
+
+    @staticmethod
+    def replace_batch(engine: Engine, batch: Mapping, image: torch.Tensor, targets: Mapping[str, torch.Tensor],
+                      sets: list) -> dict:
+        """`engine.state.batch` := clean + the adversarial `sets`, targets repeated, per-sample weights; returned."""
+        device, size = image.device, image.shape[0]
+        base = _plain(batch["weight"]).to(device=device, dtype=image.dtype) if "weight" in batch else \
+            torch.ones(size, device=device, dtype=image.dtype)
+        # clean gets half the loss, the adversarial sets share the other half (weights are per sample)
+        weights = [0.5 * base] + [0.5 * share * base for _, share, _, _ in sets]
+        new_batch = {k: _repeat_batch(v, size, 1 + len(sets)) for k, v in batch.items()
+                     if k not in ("image", "weight")}
+        for key in ("points", "mask"):
+            if key in targets:
+                new_batch[key] = torch.cat([targets[key]] * (1 + len(sets)), dim=0)
+        new_batch["image"] = torch.cat([image] + [adv for _, _, adv, _ in sets], dim=0)
+        new_batch["weight"] = torch.cat(weights, dim=0)
+        engine.state.batch = new_batch
+        return new_batch
 

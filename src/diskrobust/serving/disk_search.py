@@ -314,7 +314,8 @@ def _fill_gaps(network, image, spacing_mm, chain, min_agreement, patch_size, pat
             disk = probe_disk(network, image, spacing_mm, middle, typical, min_agreement, patch_size,
                               patch_spacing_mm, deadline)
             if disk is not None:
-                disk.flags.append("found by a probe in a gap of the column")
+                # provenance, not a doubt: the probe holds the disk to the column's own agreement bar
+                disk.extra["found_by"] = "a probe in a gap of the column"
                 out.append(disk)
         out.append(chain[k])
     return out

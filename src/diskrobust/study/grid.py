@@ -16,7 +16,10 @@ from typing import Any, Iterable
 
 from diskrobust.data.errors import DataError
 
-METHODS = ("std", "rand", "adv_r", "adv_s", "adv_rs")
+# the paper's five arms (the default grid) and the arms beyond it (issue 18: fast_r = FGSM with random
+# start, ima = adaptive per-disk margin); every one is an AdversarialTrainingHandler mode but std
+PAPER_METHODS = ("std", "rand", "adv_r", "adv_s", "adv_rs")
+METHODS = PAPER_METHODS + ("fast_r", "ima")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class StudyConfig:
     seed: int = 0
     jobs: int = 1
     shape_modes: list[int] = field(default_factory=lambda: [3, 5, 10])
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(PAPER_METHODS))
     dataset: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     adversarial: dict[str, Any] = field(default_factory=dict)
@@ -187,7 +190,7 @@ def load_study_config(path: str | Path, output_dir: str | Path | None = None) ->
     modes = raw.get("shape_modes", [3, 5, 10])
     if not modes or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in modes):
         raise DataError(path, f"shape_modes must be a non-empty list of positive integers (PCA modes), got {modes}")
-    methods = raw.get("methods", list(METHODS))
+    methods = raw.get("methods", list(PAPER_METHODS))
     if not methods:
         raise DataError(path, "the grid is empty: methods must name at least one training method")
     bad = [m for m in methods if m not in METHODS]

@@ -64,7 +64,10 @@ def train_stage(cfg: StudyConfig, arm: Arm) -> tuple[list[str], Path]:
     files = [SHAPE_BUNDLE / "configs" / "train.json"]
     if arm.method != "std":
         files.append(SHAPE_BUNDLE / "configs" / "train_adversarial.json")
-        overrides.update(cfg.adversarial)
+        if arm.method == "ima":  # the adaptive-margin handler, its settings and its checkpointed budgets
+            files.append(SHAPE_BUNDLE / "configs" / "train_ima.json")
+        # ima_* settings exist only in train_ima.json: the other arms' bundle would refuse them as unknown
+        overrides.update({k: v for k, v in cfg.adversarial.items() if arm.method == "ima" or not k.startswith("ima_")})
         overrides["adv_mode"] = arm.method
         overrides["ckpt"] = cfg.arm_dir(arm.base) / "models" / "model.pt"
     return bundle_command("training", files, overrides), arm_dir / "models" / "model.pt"
