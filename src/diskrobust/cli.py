@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("diskrobust.data.convert_cli", "Convert SPIDER / MRSpineSeg / generic data to the project's format."),
     "study": ("diskrobust.study.cli", "Run the shape-variation x training-method x attack study."),
     "demo": ("diskrobust.study.demo", "Small end-to-end demo on the phantom (the README's main job)."),
+    "certify": ("diskrobust.defenses.certify_cli", "Certified per-point bounds of a model by median smoothing."),
 }
 
 
