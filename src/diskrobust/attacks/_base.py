@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
+from tqdm.auto import tqdm
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -102,6 +103,27 @@ class BestIterate:
         mask = better.view(-1, *([1] * (delta.ndim - 1)))
         self.delta[rows] = torch.where(mask, delta.detach(), self.delta[rows])
         return better
+
+
+def run_restarts(x: torch.Tensor, targets: Mapping[str, torch.Tensor], *, restarts: int, steps: int,
+                 chunk_size: int | None, maximize: bool, clip: tuple[float, float], name: str, progress: bool,
+                 start: Callable[[], torch.Tensor], run: Callable[..., None]) -> AttackResult:
+    """The restart loop of the iterative attacks (PGD, APGD): the best iterate over all restarts.
+
+    Each restart draws its start with `start()` for the whole batch, so that the chunking cannot change
+    any sample's start, then calls `run(x_rows, delta_rows, targets_rows, best, rows, bar)` on each chunk;
+    `run` scores its iterates into the shared `BestIterate` and advances the progress bar once a step.
+    """
+    best = BestIterate(x, maximize=maximize)
+    parts = chunks(x.shape[0], chunk_size)
+    bar = tqdm(total=restarts * steps * len(parts), desc=name, disable=not progress, leave=False)
+    for _ in range(restarts):
+        delta = start()
+        for rows in parts:
+            run(x[rows], delta[rows].clone(), {k: v[rows] for k, v in targets.items()}, best, rows, bar)
+    bar.close()
+    adv = (x + best.delta).clamp(*clip)
+    return AttackResult(images=adv, losses=best.loss, deltas=adv - x)
 
 
 def check_chunk_size(chunk_size) -> int | None:

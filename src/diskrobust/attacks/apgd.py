@@ -20,10 +20,9 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ._base import (Attack, AttackResult, BestIterate, check_chunk_size, check_images, chunks, heads_of, make_generator,
-                    run_model)
+from ._base import (Attack, AttackResult, BestIterate, check_chunk_size, check_images, heads_of, make_generator,
+                    run_model, run_restarts)
 from .objectives import Objective, build_objective
 from .pgd import NORMS, _per_sample_norm, _targets_on, ascent_direction, project_
 
@@ -130,18 +129,16 @@ class APGD(Attack):
         x = check_images(images, "APGD")
         targets = _targets_on(targets, x)
         gen = self.generator if self.generator is not None else make_generator(x.device, self.seed)
-        best = BestIterate(x, maximize=not self.targeted)
-        parts = chunks(x.shape[0], self.chunk_size)
         self.last_step_sizes = torch.empty(x.shape[0], device=x.device, dtype=x.dtype)
-        bar = tqdm(total=self.restarts * self.steps * len(parts), desc="APGD", disable=not self.progress, leave=False)
-        for _ in range(self.restarts):
+
+        def start() -> torch.Tensor:
             delta = apgd_start(x, self.eps, self.norm, gen) if self.random_start else torch.zeros_like(x)
             project_(delta, x, self.eps, self.norm, self.clip)
-            for rows in parts:
-                self._run(x[rows], delta[rows].clone(), {k: v[rows] for k, v in targets.items()}, best, rows, bar)
-        bar.close()
-        adv = (x + best.delta).clamp(*self.clip)
-        return AttackResult(images=adv, losses=best.loss, deltas=adv - x)
+            return delta
+
+        return run_restarts(x, targets, restarts=self.restarts, steps=self.steps, chunk_size=self.chunk_size,
+                            maximize=not self.targeted, clip=self.clip, name="APGD", progress=self.progress,
+                            start=start, run=self._run)
 
     def _run(self, x, delta, targets, best: BestIterate, rows: slice, bar) -> None:
         sign = -1.0 if self.targeted else 1.0

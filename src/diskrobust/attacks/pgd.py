@@ -12,10 +12,9 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ._base import (Attack, AttackResult, BestIterate, check_chunk_size, check_images, chunks, heads_of, make_generator,
-                    run_model)
+from ._base import (Attack, AttackResult, BestIterate, check_chunk_size, check_images, heads_of, make_generator,
+                    run_model, run_restarts)
 from .objectives import Objective, build_objective
 
 NORMS = ("linf", "l2")
@@ -178,19 +177,18 @@ class PGD(Attack):
         gen = self.generator if self.generator is not None else make_generator(x.device, self.seed)
         eps = per_sample_budget(self.eps, x, "eps")
         step = per_sample_budget(self.step_size, x, "step_size")
-        best = BestIterate(x, maximize=not self.targeted)
-        parts = chunks(x.shape[0], self.chunk_size)
-        bar = tqdm(total=self.restarts * self.steps * len(parts), desc="PGD", disable=not self.progress, leave=False)
-        for _ in range(self.restarts):
-            # drawn for the whole batch, so that the chunking cannot change any sample's start
+
+        def start() -> torch.Tensor:
             delta = random_start(x, eps, self.norm, gen) if self.random_start else torch.zeros_like(x)
             project_(delta, x, eps, self.norm, self.clip)
-            for rows in parts:
-                self._run(x[rows], delta[rows].clone(), {k: v[rows] for k, v in targets.items()}, best, rows, bar,
-                          _rows_of(eps, rows), _rows_of(step, rows))
-        bar.close()
-        adv = (x + best.delta).clamp(*self.clip)
-        return AttackResult(images=adv, losses=best.loss, deltas=adv - x)
+            return delta
+
+        def run(xs, delta, ts, best, rows, bar):
+            self._run(xs, delta, ts, best, rows, bar, _rows_of(eps, rows), _rows_of(step, rows))
+
+        return run_restarts(x, targets, restarts=self.restarts, steps=self.steps, chunk_size=self.chunk_size,
+                            maximize=not self.targeted, clip=self.clip, name="PGD", progress=self.progress,
+                            start=start, run=run)
 
     def _run(self, x: torch.Tensor, delta: torch.Tensor, targets: Mapping[str, torch.Tensor], best: BestIterate,
              rows: slice, bar, eps: Budget, step: Budget) -> None:
