@@ -73,3 +73,22 @@ def tiny_study(tmp_path_factory, tiny_phantom):
     path.write_text(json.dumps({**TINY_STUDY, "dataset": {"dataset_dir": str(tiny_phantom)}}))
     cfg = load_study_config(path, folder / "out")
     return cfg, run_study(cfg, progress=False, jobs=2)
+
+
+def read_tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard event files in `log_dir`: tag -> [(step, value), ...] in file order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list] = {}
+    for events in sorted(log_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return out
+
+
+@pytest.fixture
+def tensorboard_scalars():
+    """`read_tensorboard_scalars`, for tests that read back what a run logged."""
+    return read_tensorboard_scalars

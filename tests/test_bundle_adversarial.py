@@ -27,19 +27,7 @@ def _run(configs, **override):
     return wf
 
 
-def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list] = {}
-    for events in sorted(log_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return out
-
-
-def test_adversarial_fine_tuning_from_the_standard_model(tiny_phantom, tmp_path):
+def test_adversarial_fine_tuning_from_the_standard_model(tiny_phantom, tmp_path, tensorboard_scalars):
     torch.set_num_threads(1)
     std_dir, adv_dir = tmp_path / "std", tmp_path / "adv"
     _run(["train.json"], dataset_dir=str(tiny_phantom), output_dir=str(std_dir), epochs=1, **TINY)
@@ -50,7 +38,7 @@ def test_adversarial_fine_tuning_from_the_standard_model(tiny_phantom, tmp_path)
     handler = wf.parser.get_parsed_content("adversarial#handler")
     assert handler.mode == "adv_rs" and handler.ramp_epochs == 2 and handler.eps == pytest.approx(0.07)
 
-    tags = _scalars(adv_dir / "logs")
+    tags = tensorboard_scalars(adv_dir / "logs")
     iterations = 2 * 8 // 4
     eps = [v for _, v in sorted(tags["adversarial/eps"])]
     assert eps == pytest.approx([0.035] * (iterations // 2) + [0.07] * (iterations // 2))

@@ -167,23 +167,11 @@ TINY = {"width": 8, "samples_per_epoch": 8, "batch_size": 4, "shape_modes": 3, "
         "ima_eps_step": 0.02, "ima_tolerance_px": 3.0}
 
 
-def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list] = {}
-    for events in sorted(log_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return out
-
-
 def _checkpoint(folder: Path, epoch: int) -> dict:
     return torch.load(folder / "models" / f"checkpoint_epoch={epoch}.pt", weights_only=True)
 
 
-def test_bundle_ima_arm_logs_budgets_and_resumes_them(tiny_phantom, tmp_path):
+def test_bundle_ima_arm_logs_budgets_and_resumes_them(tiny_phantom, tmp_path, tensorboard_scalars):
     out = tmp_path / "ima"
     files = json.dumps([str(CONFIGS / f) for f in ("train.json", "train_adversarial.json", "train_ima.json")])
     args = [a for k, v in {**TINY, "dataset_dir": tiny_phantom, "output_dir": out, "epochs": 1}.items()
@@ -197,7 +185,7 @@ def test_bundle_ima_arm_logs_budgets_and_resumes_them(tiny_phantom, tmp_path):
     keys, eps = first["keys"], first["eps"]
     assert len(keys) >= 2 and all(k.startswith("sub-") and k.count("/") >= 1 for k in keys), keys
     assert ((eps >= 0) & (eps <= 0.07 + 1e-9)).all()
-    tags = _scalars(out / "logs")
+    tags = tensorboard_scalars(out / "logs")
     for name, value in (("mean", eps.mean()), ("min", eps.min()), ("max", eps.max()), ("disks", len(keys))):
         (logged,) = tags[f"adversarial/budget_{name}"]
         assert logged[1] == pytest.approx(float(value), abs=1e-6), name

@@ -31,7 +31,7 @@ from torch import nn
 
 from diskrobust.attacks import PGD, attack_context
 from diskrobust.attacks._base import run_model
-from diskrobust.handlers.adversarial import AdversarialTrainingHandler, _plain
+from diskrobust.handlers.adversarial import AdversarialTrainingHandler
 from diskrobust.metrics import mean_point_distance
 
 logger = logging.getLogger(__name__)
@@ -178,15 +178,8 @@ class AdaptiveMarginTrainingHandler(AdversarialTrainingHandler):
             engine.add_event_handler(Events.EPOCH_COMPLETED, self.log_summary)
 
     def __call__(self, engine: Engine) -> None:
-        batch = engine.state.batch
-        if not isinstance(batch, Mapping) or "image" not in batch or "points" not in batch:
-            raise ValueError("AdaptiveMarginTrainingHandler expects dict batches with 'image', 'points' "
-                             f"(docs/architecture.md), got {type(batch).__name__}")
-        network = self._network(engine)
-        device = getattr(engine.state, "device", None) or next(network.parameters()).device
-        image = _plain(batch["image"]).to(device)
+        batch, network, device, image, targets = self._batch_on_device(engine, ("image", "points"))
         size = image.shape[0]
-        targets = {k: _plain(batch[k]).to(device) for k in ("points", "mask") if k in batch}
         keys = self.sample_keys(batch, size)
         eps = torch.tensor([self.budget(k) for k in keys], dtype=torch.float64)
         step = eps * (self.step_size / self.eps) if self.eps > 0 else torch.zeros_like(eps)

@@ -157,18 +157,23 @@ class AdversarialTrainingHandler:
             sets.append((objective, share, result.images, result.losses))
         return sets
 
-    def __call__(self, engine: Engine) -> None:
-        if self.mode == "std":
-            return
+    def _batch_on_device(self, engine: Engine, required: tuple[str, ...]):
+        """(batch, network, device, image, targets) of this iteration, the tensors on the network's device."""
         batch = engine.state.batch
-        if not isinstance(batch, Mapping) or "image" not in batch:
-            raise ValueError("AdversarialTrainingHandler expects dict batches with 'image', 'points', 'mask' "
+        if not isinstance(batch, Mapping) or any(k not in batch for k in required):
+            raise ValueError(f"{type(self).__name__} expects dict batches with 'image', 'points', 'mask' "
                              f"(docs/architecture.md), got {type(batch).__name__}")
         network = self._network(engine)
         device = getattr(engine.state, "device", None) or next(network.parameters()).device
         image = _plain(batch["image"]).to(device)
-        size = image.shape[0]
         targets = {k: _plain(batch[k]).to(device) for k in ("points", "mask") if k in batch}
+        return batch, network, device, image, targets
+
+    def __call__(self, engine: Engine) -> None:
+        if self.mode == "std":
+            return
+        batch, network, device, image, targets = self._batch_on_device(engine, ("image",))
+        size = image.shape[0]
         eps = self.current_eps(engine.state.epoch)
         generator = self._generator(device, engine.state.iteration)
 
