@@ -228,3 +228,15 @@ def test_progress_is_read_from_the_arm_logs_and_the_summary_names_every_report(t
         assert str(study.arm_dir(Arm(3, arm.split("-")[1])) / "eval" / "report.md") in text
     assert str(study.output_dir / "report.md") in text and "tensorboard --logdir" in text
     assert "2 done, 0 finished earlier, 2 failed" in text
+
+
+def test_the_ood_budget_search_shows_its_progress_per_target():
+    from diskrobust.study.progress import StageProgress, measure_fraction
+
+    # the lines python -m diskrobust.study.measure writes (study/measure.py ood_budget)
+    assert measure_fraction("setting 1/4 uniform_noise / from start: target 0/20 (0 s)") == 0.0
+    assert measure_fraction("setting 2/4 uniform_noise / random start: target 10/20 (300 s)") == 0.375
+    assert measure_fraction("setting 2/4 uniform_noise / random start: 90% of 20 targets reached, "
+                            "median RMS 0.1 (400 s)") == 0.5
+    assert measure_fraction("uniform noise (linf) at eps [0.01] on 100 test patches") == 0.0
+    assert StageProgress("a", "evaluate", measure_fraction("setting 2/4 x: target 10/20 (300 s)"), "", 300.0).eta_s == 500.0
