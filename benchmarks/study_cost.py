@@ -10,7 +10,8 @@ Two kinds of image-step make up every arm: a training step (forward, DiskShapeLo
 the weights, Adamax) and a PGD/OOD iteration (forward, backward to the input only, weights
 frozen). Their operations are counted with torch.utils.flop_counter (independent of the machine
 and its load) and their time measured on this device (interleaved rounds; best and median wall,
-and CPU seconds, which other engineers' jobs do not inflate). An arm's work is counted from the
+and CPU seconds, which other engineers' jobs inflate far less; the OOD budget's step is the real
+OODAttack's, bookkeeping included). An arm's work is counted from the
 profile: standard training = epochs x samples training steps; fine-tuning adds its PGD iterations
 per sample (adv_r/adv_s: steps, adv_rs: 2 x steps) and trains on the clean and attacked copies (2
 or 3 training steps per sample; rand: 2); evaluation = IND (attacks x heads x eps x test patches x
@@ -45,9 +46,13 @@ import time
 from pathlib import Path
 
 
+OOD_TRY_STEPS = 20  # the OOD attack timed for "attack1": per image-step = its time / (steps + 1)
+
+
 def step_costs(width: int, size: int, batches: dict[str, int], rounds: int, device: str) -> dict:
     """FLOPs, wall and CPU seconds per image of each step kind at its batch size: `batches` maps
-    "train" (a training step) and "attack" / "attack1" (a PGD/OOD iteration) to the batch timed."""
+    "train" (a training step), "attack" (a PGD iteration) and "attack1" (an iteration of the OOD
+    budget search's OODAttack, whose tries run one image at a time) to the batch timed."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -85,7 +90,15 @@ def step_costs(width: int, size: int, batches: dict[str, int], rounds: int, devi
         loss.backward()  # weights are frozen: only the input's gradient is computed
         return xa.grad.sign()
 
-    steps = {k: ((train if k == "train" else attack), batch_of(n), n) for k, n in batches.items()}
+    def ood_budget_try(x, tgt):  # one try of the OOD budget search: the real OODAttack (both heads, Adamax, L2 ball)
+        from diskrobust.attacks import OODAttack
+
+        net.eval()
+        OODAttack(net, eps=0.05 * size, steps=OOD_TRY_STEPS, random_start=False, seed=0, progress=False)(x, tgt)
+
+    # "attack1" is timed as the search runs it (its per-step bookkeeping cost 1.3x a bare PGD step at batch 1)
+    steps = {k: ((train if k == "train" else ood_budget_try if k == "attack1" else attack), batch_of(n),
+                 n * (OOD_TRY_STEPS + 1 if k == "attack1" else 1)) for k, n in batches.items()}
     flops = {}
     for name, (fn, data, n) in steps.items():
         with FlopCounterMode(display=False) as counter:
@@ -235,6 +248,10 @@ def main() -> None:
                     help="disks in the test split (default: 5 per test subject of the profile's phantom)")
     ap.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8, 15])
     ap.add_argument("--jobs", type=int, default=None, help="CPU design: arms at once (default: the profile's)")
+    ap.add_argument("--overhead", type=float, nargs=2, default=(0.0, 0.0), metavar=("TRAIN_S", "EVAL_S"),
+                    help="CPU design: CPU seconds per arm beyond the counted steps (bundle and measurement start-up, "
+                         "data, patch warps), for its training and its evaluation; measure them on one arm "
+                         "(docs/performance.md) - default 0 0: steps only")
     args = ap.parse_args()
 
     import torch
@@ -252,7 +269,8 @@ def main() -> None:
     sweep = _sweep_settings(cfg)
     design = bool(cfg.blocks)
     batches = ({"train": int(tr.get("batch_size", 32)), "attack": int(sweep.batch_size), "attack1": 1}
-               if design and args.batch is None else dict.fromkeys(("train", "attack", "attack1"), args.batch or 4))
+               if design and args.batch is None else dict.fromkeys(("train", "attack", "attack1") if design else
+                                                                   ("train", "attack"), args.batch or 4))
     print(f"# study cost: {args.profile} (width {width}, {size} px, {patches} test disks), device {args.device}, "
           f"{args.threads} thread(s), load average {'/'.join(f'{v:.1f}' for v in os.getloadavg())} "
           f"on {os.cpu_count()} CPUs")
@@ -264,15 +282,17 @@ def main() -> None:
               f"({f[k] / cpu[k] / 1e9:.1f} GFLOP per CPU second)")
     if design:
         jobs = args.jobs or cfg.jobs
-        arms = design_arms(cfg, cpu, patches)
-        print(f"\n{len(arms)} arms; compute CPU seconds per arm (1 thread; counted steps x CPU s per step):\n")
+        arms = [(n, b, t + args.overhead[0], e + args.overhead[1]) for n, b, t, e in design_arms(cfg, cpu, patches)]
+        print(f"\n{len(arms)} arms; CPU seconds per arm (1 thread; counted steps x CPU s per step, plus "
+              f"{args.overhead[0]:.0f} s training and {args.overhead[1]:.0f} s evaluation overhead per arm):\n")
         print("| arm | training | evaluation (sweep + measurements) |\n|---|---|---|")
         for name, _, t, e in arms:
             print(f"| {name} | {t:,.0f} | {e:,.0f} |")
         total = sum(t + e for _, _, t, e in arms)
         wall = local_makespan([(n, b, t + e) for n, b, t, e in arms], jobs)
-        print(f"\ncompute in all: {total:,.0f} CPU s = {total / 3600:.2f} CPU hours; on {jobs} cores (jobs {jobs} x 1 "
-              f"thread, the local engine's queue): {wall / 3600:.2f} h wall, without start-up and data overheads")
+        print(f"\nin all: {total:,.0f} CPU s = {total / 3600:.2f} CPU hours = {total / 3600 / jobs:.2f} h on {jobs} cores "
+              f"if perfectly packed; the local engine's queue (jobs {jobs} x 1 thread, fine-tuned arms after their "
+              f"standard arm): {wall / 3600:.2f} h wall on {jobs} otherwise idle cores")
         return
     rate = None if args.device == "cpu" else min(f[k] / best[k] for k in f) / 1e12
     gpu_rate = rate or args.gpu_tflops
