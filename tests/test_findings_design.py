@@ -1,5 +1,6 @@
-"""A tiny findings design end to end: 2 training-set sizes x 2 augmentations x 2 seeds, 1 epoch,
-through the real bundles, ending in the report's findings section."""
+"""A tiny findings design end to end: 2 training-set sizes without augmentation and one with it, in
+two blocks (as findings.json), x 2 seeds, 1 epoch, through the real bundles, ending in the report's
+findings section."""
 
 import json
 
@@ -14,7 +15,10 @@ TINY_DESIGN = {
     "seeds": [0, 1],
     # "none": no shape augmentation (--shape_modes 0: the real patches, unwarped)
     "augmentations": {"none": {"shape_modes": 0}, "P3v5": {"shape_modes": 3, "c_max": {"match_variance_of": 5}}},
-    "blocks": [{"train_subjects": [2, 4], "augmentations": ["none", "P3v5"], "methods": ["std"]}],
+    # two blocks (as findings.json): the findings compare n4-none with n2-none and with n4-P3v5; an n2-P3v5
+    # arm would only cost two more trainings and evaluations (the end-to-end test's time is bundle start-ups)
+    "blocks": [{"train_subjects": [2, 4], "augmentations": ["none"], "methods": ["std"]},
+               {"train_subjects": [4], "augmentations": ["P3v5"], "methods": ["std"]}],
     "train": {"epochs": 1, "samples_per_epoch": 4, "batch_size": 4, "width": 8, "num_workers": 0, "patch_size": 64,
               "patch_spacing_mm": 1.0},
     "evaluation": {"sweep_overrides": {"num_samples": None, "batch_size": 8, "tensorboard_images": 0,
@@ -43,7 +47,9 @@ def test_tiny_findings_design_end_to_end(tmp_path, tiny_phantom):
     path.write_text(json.dumps({**TINY_DESIGN, "dataset": {"dataset_dir": str(tiny_phantom)}}))
     cfg = load_study_config(path, tmp_path / "out")
     outcomes = run_study(cfg, progress=False, jobs=2)
-    assert [o.status for o in outcomes] == ["done"] * 8, [o.error for o in outcomes]
+    assert [o.status for o in outcomes] == ["done"] * 6, [o.error for o in outcomes]
+    assert {o.arm.name for o in outcomes} == {f"{a}-s{s}" for a in ("n2-none-std", "n4-none-std", "n4-P3v5-std")
+                                              for s in (0, 1)}
     out = tmp_path / "out"
     for n in (2, 4):
         training = load_datalist(out / "datalists" / f"training{n}.json", "training")
@@ -117,12 +123,16 @@ def test_the_design_is_validated_before_any_work(tmp_path):
         return load_study_config(path)
 
     cfg = load()
-    assert [a.name for a in cfg.arms][:3] == ["n2-none-std-s0", "n2-none-std-s1", "n2-P3v5-std-s0"]
+    assert [a.name for a in cfg.arms][:3] == ["n2-none-std-s0", "n2-none-std-s1", "n4-none-std-s0"]
+    # one block is the cross product of its sizes x augmentations x methods, each run once per seed
+    square = [{"train_subjects": [2, 4], "augmentations": ["none", "P3v5"], "methods": ["std"]}]
+    assert [a.name for a in load(blocks=square).arms][:3] == ["n2-none-std-s0", "n2-none-std-s1", "n2-P3v5-std-s0"]
+    assert len(load(blocks=square).arms) == 8
     blocks = [{"train_subjects": [2], "augmentations": ["P33"], "methods": ["std"]}]
     with pytest.raises(DataError, match="did you mean 'P3v5'"):
         load(blocks=blocks)
     augs = {**TINY_DESIGN["augmentations"], "P3": {"shape_modes": 3}}
-    assert len(load(augmentations=augs).arms) == 8  # defined but unused is fine
+    assert len(load(augmentations=augs).arms) == 6  # defined but unused is fine
     with pytest.raises(DataError, match="0: no shape augmentation"):
         load(augmentations={**augs, "none": {"shape_modes": -1}})
     with pytest.raises(DataError, match="nothing to scale"):

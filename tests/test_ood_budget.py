@@ -112,9 +112,11 @@ def test_start_already_within_tolerance_and_unreachable_targets():
     x, _ = _problem(net, size)
     with torch.no_grad():
         on_target = {"points": net(x)["pred"] + 0.1}
+    done = []  # the progress callback: once per target (the study's progress view counts them)
     rows = minimal_ood_budget(net, x, on_target, Tolerance(1.0, None), rms_max=0.5, iterations=3, steps=5,
-                              lr=_lr(net), optimizer="sgd")
+                              lr=_lr(net), optimizer="sgd", on_target=lambda i, n: done.append((i, n)))
     assert all(r["reached"] and r["rms_needed"] == 0.0 and r["delta_l2"] == 0.0 for r in rows)
+    assert done == [(1, 2), (2, 2)]
     _, far = _problem(net, size, shift=200.0)
     rows = minimal_ood_budget(net, x, far, Tolerance(1.0, None), rms_max=0.05, iterations=3, steps=20,
                               lr=_lr(net), optimizer="sgd")

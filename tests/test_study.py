@@ -228,3 +228,42 @@ def test_progress_is_read_from_the_arm_logs_and_the_summary_names_every_report(t
         assert str(study.arm_dir(Arm(3, arm.split("-")[1])) / "eval" / "report.md") in text
     assert str(study.output_dir / "report.md") in text and "tensorboard --logdir" in text
     assert "2 done, 0 finished earlier, 2 failed" in text
+
+
+def test_the_ood_budget_search_shows_its_progress_per_target():
+    from diskrobust.study.progress import StageProgress, measure_fraction
+
+    # the lines python -m diskrobust.study.measure writes (study/measure.py ood_budget)
+    assert measure_fraction("setting 1/4 uniform_noise / from start: target 0/20 (0 s)") == 0.0
+    assert measure_fraction("setting 2/4 uniform_noise / random start: target 10/20 (300 s)") == 0.375
+    assert measure_fraction("setting 2/4 uniform_noise / random start: 90% of 20 targets reached, "
+                            "median RMS 0.1 (400 s)") == 0.5
+    assert measure_fraction("uniform noise (linf) at eps [0.01] on 100 test patches") == 0.0
+    assert StageProgress("a", "evaluate", measure_fraction("setting 2/4 x: target 10/20 (300 s)"), "", 300.0).eta_s == 500.0
+
+
+def test_a_none_override_reaches_the_bundle(tmp_path, repo_root):
+    """findings.json's `"num_samples": null` (every test patch): `monai.bundle run` ignores a None
+    given as `--num_samples None` and kept the attack bundle's 16, so it goes in a config file."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.scripts import update_kwargs
+
+    from diskrobust.bundle_checks import parse_bundle_command
+    from diskrobust.study import stages
+
+    evaluate = repo_root / "bundles" / "lumbar_disk_attack" / "configs" / "evaluate.json"
+    assert update_kwargs({"num_samples": 16}, num_samples=None)["num_samples"] == 16  # why: MONAI drops None
+    cmd = stages.bundle_command("evaluating", [evaluate], {"num_samples": None, "batch_size": 50}, tmp_path / "nulls.json")
+    assert "--num_samples" not in cmd and cmd[cmd.index("--batch_size") + 1] == "50"
+    parser = ConfigParser()
+    parser.read_config(parse_bundle_command(cmd[cmd.index("run") + 2:]).config_files)  # merged as the bundle does
+    assert parser["num_samples"] is None and parser["batch_size"] == 16  # (--batch_size is a CLI override)
+    with pytest.raises(ValueError, match="null_file"):
+        stages.bundle_command("evaluating", [evaluate], {"num_samples": None})
+    # the findings profile's evaluation command: all 100 test disks, not the bundle's 16
+    cfg = load_study_config(repo_root / "configs" / "study" / "findings.json", tmp_path / "study")
+    arm = cfg.arms[0]
+    cfg.arm_dir(arm).mkdir(parents=True)
+    cmd, _ = stages.evaluate_stage(cfg, arm)
+    files = parse_bundle_command(cmd[cmd.index("run") + 2:]).config_files
+    assert files[-1] == str(cfg.arm_dir(arm) / "eval_null_overrides.json") and "--num_samples" not in cmd

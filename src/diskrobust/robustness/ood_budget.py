@@ -29,7 +29,7 @@ at each budget.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,7 +134,8 @@ def minimal_ood_budget(model: nn.Module, start_images: torch.Tensor, targets: Ma
                        tolerance: Tolerance = Tolerance(), rms_max: float = 0.5, iterations: int = 7,
                        steps: int = 200, lr: float = 0.01, optimizer: str = "adamax", random_start: bool = False,
                        seed: int = 0, start: str = "", sample_ids: Sequence[int] | None = None,
-                       attack_targets: Sequence[str] | None = None) -> list[dict]:
+                       attack_targets: Sequence[str] | None = None,
+                       on_target: Callable[[int, int], None] | None = None) -> list[dict]:
     """Per target, the smallest per-pixel RMS budget at which the OOD attack succeeds (module doc).
 
     Args:
@@ -147,6 +148,8 @@ def minimal_ood_budget(model: nn.Module, start_images: torch.Tensor, targets: Ma
         seed: seeds each attack (per target and bisection step).
         start: the start kind, recorded in the rows; sample_ids: recorded ids (default 0..B-1).
         attack_targets: the target keys the attack optimises (default: all given).
+        on_target: called as on_target(targets done, targets) after each target (a CPU run spends
+            minutes per setting: the study's progress view shows this count).
     Returns one row per target with the columns of `BUDGET_COLUMNS`.
     """
     from diskrobust.attacks import OODAttack
@@ -211,6 +214,8 @@ def minimal_ood_budget(model: nn.Module, start_images: torch.Tensor, targets: Ma
                        point_distance_px=float(m_hi["point_distance_px"][0]), seg_dice=float(m_hi["seg_dice"][0]),
                        delta_l2=float(delta), delta_rms=l2_to_rms(delta, shape))
             rows.append({k: row[k] for k in BUDGET_COLUMNS})
+            if on_target is not None:
+                on_target(i + 1, b)
     finally:
         model.train(was_training)
     return rows
@@ -341,7 +346,7 @@ def start_images(kind: str, n: int, size: tuple[int, int], seed: int) -> torch.T
 
 
 def run_ood_budget(model: nn.Module, test_images: torch.Tensor, config: OodBudgetConfig | Mapping,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, on_target: Callable[[int, int], None] | None = None) -> dict:
     """The whole budget search of one model: per start kind and random-start setting, the rows, the
     summary and the success curve. Targets are the network's own outputs on the first
     `num_targets` test images (`diskrobust.attacks.targets_from_model`), as in the OOD sweep.
@@ -361,7 +366,7 @@ def run_ood_budget(model: nn.Module, test_images: torch.Tensor, config: OodBudge
         starts = start_images(kind, images.shape[0], size, seed)
         for rs in cfg.random_start:
             got = minimal_ood_budget(model, starts, targets, cfg.tol, cfg.rms_max, cfg.iterations, cfg.steps, cfg.lr,
-                                     cfg.optimizer, rs, seed, kind)
+                                     cfg.optimizer, rs, seed, kind, on_target=on_target)
             label = f"{kind} / {'random start' if rs else 'from start'}"
             rows += got
             summaries[label] = budget_summary(got)

@@ -143,11 +143,18 @@ def ood_budget(args) -> Path:
     settings_list = [(kind, rs) for kind in cfg.starts for rs in cfg.random_start]
     for k, (kind, rs) in enumerate(settings_list, 1):
         part = OodBudgetConfig(**{**asdict(cfg), "starts": [kind], "random_start": [rs]})
-        result = run_ood_budget(model, test.images, part, seed=args.seed)
+        label = f"{kind} / {'random start' if rs else 'from start'}"
+
+        def targets_done(i: int, n: int, k=k, label=label) -> None:
+            # a setting takes minutes on CPU: the study's progress view reads this count (study/progress.py)
+            _say(f"setting {k}/{len(settings_list)} {label}: target {i}/{n} ({time.perf_counter() - t0:.0f} s)")
+
+        targets_done(0, len(test))
+        result = run_ood_budget(model, test.images, part, seed=args.seed, on_target=targets_done)
         rows += result["rows"]
         summaries.update(result["summaries"])
         curves.update(result["curves"])
-        (label, s), = result["summaries"].items()
+        s, = result["summaries"].values()
         median = "not reached" if s["rms_median"] == float("inf") else f"{s['rms_median']:.4g}"
         _say(f"setting {k}/{len(settings_list)} {label}: {s['reached']:.0%} of {s['n']} targets reached, median "
              f"RMS {median} ({time.perf_counter() - t0:.0f} s)")

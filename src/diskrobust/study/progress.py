@@ -5,7 +5,8 @@ and on a cluster's shared filesystem): the stage each running arm is in, how far
 - `train.log`: the training bundle's iteration lines, `Epoch: k/n, Iter: i/m -- train/loss: x ...`;
 - `eval/sweep.log`: the attack bundle's JSON lines, `start` (units: N) then one per unit done;
 - after the sweep, the evaluate stage's measurements (`study/measure.py`): the running file names
-  the step and its log, whose last `[measure]` line is shown.
+  the step and its log, whose last `[measure]` line is shown (the OOD budget search logs each
+  target: `setting k/K <start>: target i/N`, the fraction its ETA is scaled by).
 
 The ETA of a stage is its elapsed time scaled by the fraction done (iterations for training,
 units for evaluation): a measured rate, not a guess; "?" until the first step is done.
@@ -96,6 +97,18 @@ def measure_progress(log: Path) -> str:
     return lines[-1] if lines else "starting (test set, model)"
 
 
+def measure_fraction(line: str) -> float:
+    """The fraction of the OOD budget search done, from a measurement's last progress line: "setting
+    k/K <label>: target i/N" while setting k runs (i targets of N done), "setting k/K <label>: ...
+    reached" when it has finished; 0 for any other line (uniform noise, start-up: ETA "?")."""
+    k = re.search(r"setting (\d+)/(\d+)", line)
+    if not k:
+        return 0.0
+    i = re.search(r"target (\d+)/(\d+)", line)
+    part = int(i[1]) / max(1, int(i[2])) if i else 1.0
+    return (int(k[1]) - 1 + part) / max(1, int(k[2]))
+
+
 def running_stages(cfg: StudyConfig, arms: list[Arm], now: float | None = None) -> list[StageProgress]:
     """Every stage that runs now, with its progress."""
     now = time.time() if now is None else now
@@ -109,8 +122,7 @@ def running_stages(cfg: StudyConfig, arms: list[Arm], now: float | None = None) 
                 continue
             if info.get("step"):  # a measurement after the sweep
                 line = measure_progress(Path(info.get("log", "")))
-                k = re.search(r"setting (\d+)/(\d+)", line)  # the OOD budget's settings done (ETA from them)
-                done, detail = (int(k[1]) / int(k[2]) if k else 0.0), f"{info['step']}: {line}"
+                done, detail = measure_fraction(line), f"{info['step']}: {line}"  # the OOD budget's share done
                 out.append(StageProgress(arm.name, stage, done, detail,
                                          max(0.0, now - float(info.get("step_started", now))), int(info.get("attempt", 1))))
                 continue

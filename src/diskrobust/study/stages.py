@@ -50,8 +50,23 @@ def _override_args(overrides: dict[str, Any]) -> list[str]:
     return args
 
 
-def bundle_command(run_id: str, config_files: list[Path], overrides: dict[str, Any]) -> list[str]:
+def bundle_command(run_id: str, config_files: list[Path], overrides: dict[str, Any],
+                   null_file: Path | None = None) -> list[str]:
+    """`python -m monai.bundle run <run_id>` with `config_files` and `overrides` (`--key value`).
+
+    `monai.bundle run` drops an override whose value is None (its update_kwargs ignores None), which
+    would silently keep the bundle's default (the attack bundle's num_samples 16 instead of every
+    test patch): None-valued overrides are written to `null_file`, a config file merged last.
+    """
     files = [str(p) for p in config_files]
+    nulls = {k: None for k, v in overrides.items() if v is None}
+    if nulls:
+        if null_file is None:
+            raise ValueError(f"overrides {sorted(nulls)} are None, which monai.bundle run ignores: "
+                             "give bundle_command a null_file to write them to")
+        atomic_write_json(null_file, nulls)
+        files.append(str(null_file))
+        overrides = {k: v for k, v in overrides.items() if v is not None}
     config_arg = files[0] if len(files) == 1 else json.dumps(files)
     return [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_arg,
             *_override_args(overrides)]
@@ -79,7 +94,7 @@ def train_stage(cfg: StudyConfig, arm: Arm) -> tuple[list[str], Path]:
         overrides.update({k: v for k, v in cfg.adversarial.items() if arm.method == "ima" or not k.startswith("ima_")})
         overrides["adv_mode"] = arm.method
         overrides["ckpt"] = cfg.arm_dir(arm.base) / "models" / "model.pt"
-    return bundle_command("training", files, overrides), arm_dir / "models" / "model.pt"
+    return bundle_command("training", files, overrides, arm_dir / "train_null_overrides.json"), arm_dir / "models" / "model.pt"
 
 
 def training_datalist(cfg: StudyConfig, n: int) -> Path:
@@ -150,7 +165,7 @@ def evaluate_stage(cfg: StudyConfig, arm: Arm, sweep_overrides: dict[str, Any] |
     for key in ("patch_size", "patch_spacing_mm"):  # the network must see patches as it was trained on them
         if key in cfg.train:
             overrides.setdefault(key, cfg.train[key])
-    return bundle_command("evaluating", files, overrides), eval_dir
+    return bundle_command("evaluating", files, overrides, eval_dir.parent / f"{eval_dir.name}_null_overrides.json"), eval_dir
 
 
 def evaluation_parts(cfg: StudyConfig) -> list[dict[str, Any]]:
