@@ -485,6 +485,9 @@ def test_sweep_audit_passes_the_plain_network_and_fails_it_behind_a_quantised_in
     # every audit item reads the same 6 samples: the audit's subset of the sweep's 8
     wq = _audit_items(tmp_path / "plain")["white_vs_query"]["numbers"]["per_eps"]
     assert sorted(wq) == ["0.03", "0.1"]  # JSON keys
+    # Square ran on its own from the clean image: weaker than PGD here, which a Square started from PGD's
+    # result (it only accepts improvements) could never be
+    assert all(v["margin"] > 0 for v in wq.values()), wq
 
     masked = run_robustness_sweep(QuantisedInput(net), items, audit_config(), tmp_path / "masked", progress=False)
     by_name = _audit_items(tmp_path / "masked")
