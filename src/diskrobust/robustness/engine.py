@@ -70,6 +70,16 @@ def _autoattack(model: nn.Module, unit: Unit, seed: int, progress: bool):
                                 restarts=p["restarts"], queries=p["queries"], seed=seed, progress=progress)
 
 
+def _square(model: nn.Module, unit: Unit, seed: int, progress: bool):
+    """The audit's query-based attack: Square on the point distance from the clean image (its own stripes
+    start), never from a gradient attack's result, so it is a number independent of the gradient."""
+    from diskrobust.attacks import SquareAttack
+    from diskrobust.attacks.autoattack import point_distance_criterion
+
+    return SquareAttack(model, eps=unit.eps, queries=unit.params["queries"], norm=unit.norm,
+                        objective=point_distance_criterion, seed=seed, progress=progress)
+
+
 # IND attack name -> builder(model, unit, seed, progress) -> an attack called as attack(images, targets),
 # returning images, losses and deltas (diskrobust.attacks.AttackResult; an EnsembleResult also names the
 # member that found each sample's worst case). Add new attack kinds here.
@@ -218,20 +228,18 @@ class Runner:
         return rows
 
     def _ind(self, unit: Unit) -> list[dict]:
-        return self._attack_rows(unit, self.test, unit.attack, self.model, log_examples=True)
+        return self._attack_rows(unit, self.test, IND_ATTACK_BUILDERS[unit.attack], self.model, log_examples=True)
 
-    def _attack_rows(self, unit: Unit, test: TestSet, attack_name: str, craft_on: nn.Module,
+    def _attack_rows(self, unit: Unit, test: TestSet, build: Callable, craft_on: nn.Module,
                      log_examples: bool = False) -> list[dict]:
-        """Rows of IND attack `attack_name` (built from `unit`) crafted on `craft_on` and scored on the network
+        """Rows of the attack `build(model, unit, seed, progress)` crafted on `craft_on` and scored on the network
         (craft_on is the network itself, or the audit's surrogate: then the crafting loss is not reported)."""
-        p = unit.params
         seed = derive_seed(self.cfg.seed, unit.key)
         rows = []
         for b, ids in _batches(len(test), self.cfg.batch_size):
             x = self._dev(test.images[ids])
             points, mask = self._dev(test.points[ids]), self._dev(test.mask[ids])
-            attack = IND_ATTACK_BUILDERS[attack_name](craft_on, unit, seed + b,
-                                                      self.progress and p["steps"] >= self.INNER_BAR_STEPS)
+            attack = build(craft_on, unit, seed + b, self.progress and unit.steps >= self.INNER_BAR_STEPS)
             res = attack(x, {"points": points, "mask": mask})
             met = _evaluate(self.model, res.images, points, mask, mask, test.spacing_mm)
             losses = res.losses if craft_on is self.model else None
@@ -252,15 +260,15 @@ class Runner:
         if role == "noise":
             rows = self._worst_noise(test, unit.eps, unit.norm, seed, p["draws"])
         elif role == "query":
-            rows = self._square_rows(unit, test, seed)
+            rows = [{**r, "attack": "square"} for r in self._attack_rows(unit, test, _square, self.model)]
         elif role == "trivial":
             rows = self._trivial_rows(unit, test, seed)
         elif role == "transfer":
             if self.surrogate is None:
                 raise ValueError("an audit transfer unit needs the surrogate network (audit#surrogate_ckpt)")
-            rows = self._attack_rows(unit, test, p["audited"], self.surrogate)
+            rows = self._attack_rows(unit, test, IND_ATTACK_BUILDERS[p["audited"]], self.surrogate)
         else:  # more_steps, more_restarts, unbounded: the audited attack itself with other parameters
-            rows = self._attack_rows(unit, test, p["audited"], self.model)
+            rows = self._attack_rows(unit, test, IND_ATTACK_BUILDERS[p["audited"]], self.model)
         for r in rows:
             if r["attack"] == role:
                 r["attack"] = p["audited"]
@@ -279,24 +287,6 @@ class Runner:
                 if best is None or float(r["point_error_px"]) > float(best["point_error_px"]):
                     worst[r["sample_id"]] = r
         return [worst[i] for i in sorted(worst)]
-
-    def _square_rows(self, unit: Unit, test: TestSet, seed: int) -> list[dict]:
-        """Square from the clean image (its own stripes start), never from a gradient attack's result: an
-        independent query-based number for the audit to hold the gradient attack against."""
-        from diskrobust.attacks import SquareAttack
-        from diskrobust.attacks.autoattack import point_distance_criterion
-
-        rows = []
-        for b, ids in _batches(len(test), self.cfg.batch_size):
-            x = self._dev(test.images[ids])
-            points, mask = self._dev(test.points[ids]), self._dev(test.mask[ids])
-            attack = SquareAttack(self.model, eps=unit.eps, queries=unit.params["queries"], norm=unit.norm,
-                                  objective=point_distance_criterion, seed=seed + b,
-                                  progress=self.progress and unit.params["queries"] >= self.INNER_BAR_STEPS)
-            res = attack(x, {"points": points})
-            met = _evaluate(self.model, res.images, points, mask, mask, test.spacing_mm)
-            rows += [{**r, "attack": "square"} for r in _rows(unit, ids, test, met, res.losses, res.deltas, "truth")]
-        return rows
 
     def _trivial_rows(self, unit: Unit, test: TestSet, seed: int) -> list[dict]:
         """The network on images every L-inf eps-1 attacker can reach: constant 0, 0.5, 1 and uniform noise."""
