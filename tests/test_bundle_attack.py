@@ -277,8 +277,8 @@ def _bundle_failure(args, cwd) -> tuple[int, list[str]]:
 def test_misspelt_override_is_refused_before_any_work(bundle, repo_root, tmp_path):
     out = tmp_path / "eval"
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "evaluate.json"),
-            "--output_dir", str(out), "--profle", "paper", "--ind#stesp=8", "--tensorboard", "maybe", "--sweep_overrides", "{}",
-            "--audit#num_sample", "4", "--audit#queries", "many"]
+            "--output_dir", str(out), "--profle", "paper", "--ind#stesp=8", "--tensorboard", "maybe", "--sweep_overrides", "{}"]
+    args += ["--audit#num_sample", "4", "--audit#queries", "many"]
     rc, lines = _bundle_failure(args, repo_root)
     assert rc != 0
     last = "\n".join(lines[-3:])

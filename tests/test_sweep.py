@@ -464,7 +464,8 @@ class QuantisedInput(torch.nn.Module):
 
 
 def audit_config(**audit) -> dict:
-    return small_config(num_samples=8, batch_size=8, ind={"heads": ["points"], "steps": 10, "eps": {"linf": [0.03, 0.1]}},
+    return small_config(num_samples=8, batch_size=8,
+                        ind={"heads": ["points"], "steps": 10, "eps": {"linf": [0.03, 0.1]}},
                         ood={"enabled": False}, audit={"enabled": True, "num_samples": 6, "queries": 300, **audit})
 
 
@@ -511,7 +512,7 @@ def test_sweep_audit_passes_the_plain_network_and_fails_it_behind_a_quantised_in
                      ("trivial", "constant_0", 1.0), ("trivial", "constant_0.5", 1.0), ("trivial", "constant_1", 1.0),
                      ("trivial", "uniform_0_1", 1.0)}
     assert all(r["sweep"] == "audit" and int(r["sample_id"]) < 6 for r in audit_rows) and len(audit_rows) == 13 * 6
-    assert {int(r["steps"]) for r in audit_rows if r["audit_role"] == "more_steps"} == {40}
+    assert {int(r["steps"]) for r in audit_rows if r["audit_role"] == "more_steps"} == {2 * 10}  # steps_factor 2
     assert all(float(r["delta_linf"]) <= float(r["eps"]) + 1e-6 for r in audit_rows)
     # the audit's rows never mix with the sweep's tables and aggregates
     assert {r["sweep"] for r in csv.DictReader(open(out / "per_sample.csv"))} == {"clean", "ind"}
@@ -577,9 +578,16 @@ def test_audit_settings_are_checked(repo_root):
     evaluate = repo_root / "bundles" / "lumbar_disk_attack" / "configs" / "evaluate.json"
     cfg = load_sweep_config(evaluate)
     assert cfg.audit.enabled and cfg.audit.num_samples == 8 and cfg.audit.surrogate_ckpt is None
-    for override, expected in [({"audit#num_sample": 4}, "unknown setting 'audit#num_sample' (closest: 'audit#num_samples'"),
+    for override, expected in [({"audit#num_sample": 4},
+                                "unknown setting 'audit#num_sample' (closest: 'audit#num_samples'"),
                                ({"audit#queries": "many"}, "'audit#queries' expects a number, got 'many'"),
                                ({"audit#unbounded": "maybe"}, "'audit#unbounded' expects true or false")]:
         with pytest.raises(ConfigError) as info:
             load_sweep_config(evaluate, overrides=override)
         assert expected in str(info.value), str(info.value)
+    # a study's nested sweep_overrides reach the audit's ids one by one (a whole dict would drop the defaults)
+    from diskrobust.robustness.workflow import attack_bundle_args
+
+    files, overrides = attack_bundle_args(evaluate.parents[1], {"sweep_overrides": {"audit": {"queries": 50}}})
+    assert overrides == {"audit#queries": 50}
+    assert load_sweep_config(*files, overrides=overrides).audit.queries == 50

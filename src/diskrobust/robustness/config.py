@@ -175,9 +175,9 @@ class AuditConfig:
     enabled: bool = False
     num_samples: int = 8
     noise_draws: int = 4
-    queries: int = 300
-    steps_factor: int = 4
-    restarts_factor: int = 4
+    queries: int = 100
+    steps_factor: int = 2
+    restarts_factor: int = 2
     unbounded: bool = True
     surrogate_ckpt: str | None = None
 

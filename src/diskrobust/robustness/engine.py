@@ -511,7 +511,8 @@ def report_header(cfg: SweepConfig, info: Mapping, test: TestSet) -> list[str]:
     audited = audited_attack(cfg)
     if cfg.audit.enabled and audited is not None:
         a = cfg.audit
-        lines.append(f"- audit: `{audited}` on head points, first {min(len(test), a.num_samples)} test patches: uniform "
+        n = min(len(test), a.num_samples)
+        lines.append(f"- audit: `{audited}` on head points, first {n} test patches: uniform "
                      f"noise (worst of {a.noise_draws} draws), Square from the clean image ({a.queries} queries), "
                      f"{a.steps_factor} x steps, {a.restarts_factor} x restarts"
                      + (", L-inf eps 1 with constant / noise images" if a.unbounded and IND_ATTACKS[audited] == "linf"

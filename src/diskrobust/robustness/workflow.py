@@ -52,7 +52,7 @@ RETIRED_SETTINGS = {
 def attack_bundle_args(bundle_dir: str | Path, evaluation: Mapping[str, Any]) -> tuple[list[Path], dict[str, Any]]:
     """Config files and `#` overrides for the attack bundle from {"profile": name, "sweep_overrides": {...}, ...}.
 
-    Other keys pass through as overrides. A nested dict under `ind` / `ood` becomes `ind#key` ids
+    Other keys pass through as overrides. A nested dict under `ind` / `ood` / `audit` becomes `ind#key` ids
     (`{"ind": {"eps": {"linf": [0.1]}}}` -> `ind#eps#linf`).
     """
     bundle_dir = Path(bundle_dir)
@@ -67,7 +67,7 @@ def attack_bundle_args(bundle_dir: str | Path, evaluation: Mapping[str, Any]) ->
         files.append(path)
 
     def flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
-        if isinstance(value, Mapping) and prefix.split("#")[0] in ("ind", "ood"):
+        if isinstance(value, Mapping) and prefix.split("#")[0] in ("ind", "ood", "audit"):
             for k, v in value.items():
                 flat(f"{prefix}#{k}", v, out)
         else:

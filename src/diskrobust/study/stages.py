@@ -159,7 +159,8 @@ def evaluation_parts(cfg: StudyConfig) -> list[dict[str, Any]]:
 
     A part is the attack bundle restricted to its units; a unit's result (and its fingerprint)
     does not depend on which other units run with it (its seed derives from its own name), so the
-    parts' unit files are exactly the units of the whole evaluation, which then only reuses them.
+    parts' unit files are exactly the units of the whole evaluation, which then only reuses them and
+    computes the gradient-masking audit's units (planned from the whole IND settings: the parts leave them out).
     """
     from diskrobust.robustness.workflow import attack_bundle_args, load_sweep_config
 
@@ -173,7 +174,8 @@ def evaluation_parts(cfg: StudyConfig) -> list[dict[str, Any]]:
     if sweep.ood.enabled:
         parts += [{"ind#enabled": False, "ood#starts": [s], "ood#heads": [h]}
                   for s in sweep.ood.starts for h in sweep.ood.heads]
-    return [{**settings, **part} for part in parts]  # `#` ids: a part overrides only its own ids
+    # `#` ids: a part overrides only its own ids
+    return [{**settings, **part, "audit#enabled": False} for part in parts]
 
 
 def _sweep_settings(cfg: StudyConfig):
