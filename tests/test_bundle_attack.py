@@ -124,7 +124,7 @@ def test_bundle_run_writes_results_and_resumes(bundle, checkpoint, phantom, tmp_
     # clean 3 + IND 2 heads x 2 eps x 3 + OOD 2 starts x (eps 0, 40) x 2
     assert len(rows) == 3 + 12 + 8
     assert {r["subject"] for r in rows} <= {e["subject"] for e in json.loads((phantom / "datalist.json").read_text())["test"]}
-    assert {r["sweep"] for r in rows} == {"clean", "ind", "ood"}
+    assert {r["sweep"] for r in rows} == {"clean", "ind", "ood"}  # the audit's rows are in audit.csv
     # cpu-quick's OOD budget is RMS 0.05 per pixel: an L2 radius of 0.05 * 64 = 3.2 on 64 x 64 patches
     assert sorted({round(float(r["eps"]), 6) for r in rows if r["sweep"] == "ood"}) == [0.0, 3.2]
     assert {float(r["eps_rms"]) for r in rows if r["sweep"] == "ood"} == {0.0, 0.05}
@@ -142,6 +142,17 @@ def test_bundle_run_writes_results_and_resumes(bundle, checkpoint, phantom, tmp_
     assert "IND: PGD, 2 steps" in report and "OOD: starts box_noise, natural; budget per pixel (RMS) 0.05 (L2 3.2)" in report
     assert "### Mean point distance (mm)" not in report  # 1 mm/px: the px tables say it all
     assert "| eps 0 | eps 0.05 | eps 0.2 | AUC |" in report
+    # evaluate.json turns the gradient-masking audit on: it opens the report, every item fed by the run's own
+    # rows except transfer (no surrogate given); its rows are in audit.csv, never in per_sample.csv
+    assert report.split("\n")[2:4] == ["## Gradient-masking audit", ""], report[:300]
+    audit = {i["name"]: i for i in agg["masking_audit"]["items"]}
+    assert [n for n, i in audit.items() if i["status"] == "skipped"] == ["transfer"], agg["masking_audit"]
+    assert audit["transfer"]["message"] == "skipped: no surrogate checkpoint given (audit#surrogate_ckpt)"
+    for name in audit:
+        assert f"| {name} | {audit[name]['status']} |" in report.split("Settings as run")[0]
+    with open(out / "audit.csv", newline="") as f:
+        audit_roles = {r["audit_role"] for r in csv.DictReader(f)}
+    assert audit_roles == {"noise", "query", "more_steps", "more_restarts", "unbounded", "trivial"}
     assert (out / "plots" / "ind_linf.png").is_file() and (out / "plots" / "ood.png").is_file()
     info = json.loads((out / "config.json").read_text())
     assert info["checkpoint"] == str(checkpoint) and info["network_params"]["width"] == WIDTH
@@ -267,6 +278,7 @@ def test_misspelt_override_is_refused_before_any_work(bundle, repo_root, tmp_pat
     out = tmp_path / "eval"
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "evaluate.json"),
             "--output_dir", str(out), "--profle", "paper", "--ind#stesp=8", "--tensorboard", "maybe", "--sweep_overrides", "{}"]
+    args += ["--audit#num_sample", "4", "--audit#queries", "many"]
     rc, lines = _bundle_failure(args, repo_root)
     assert rc != 0
     last = "\n".join(lines[-3:])
@@ -274,6 +286,8 @@ def test_misspelt_override_is_refused_before_any_work(bundle, repo_root, tmp_pat
     assert "unknown setting 'ind#stesp' (closest: 'ind#steps'" in last
     assert "'sweep_overrides' is no longer a setting: give each setting as an id" in last
     assert "'tensorboard' expects true or false, got 'maybe'" in last
+    assert "unknown setting 'audit#num_sample' (closest: 'audit#num_samples'" in last
+    assert "'audit#queries' expects a number, got 'many'" in last
     assert any(line.startswith("Traceback") for line in lines)  # the details stay available above it
     assert not out.exists()  # refused before any work: no phantom, no output folder
 
@@ -286,3 +300,38 @@ def test_project_error_is_among_the_last_lines(bundle, repo_root, tmp_path):
     assert rc != 0
     assert f"{missing}: checkpoint file not found" in "\n".join(lines[-3:]), "\n".join(lines[-30:])
     assert any("Failed to evaluate" in line for line in lines[:-3])  # MONAI's wrapping is still printed, above
+
+
+def test_bundle_audit_with_a_surrogate(bundle, checkpoint, phantom, tmp_path):
+    """audit#surrogate_ckpt: a model file of the same network feeds the transfer item (then no item is skipped);
+    one of another architecture is refused before any work, naming the file."""
+    from diskrobust.checkpoints import build_model_from_checkpoint, describe_model, save_model
+
+    net, _ = build_model_from_checkpoint(checkpoint)
+    with torch.no_grad():  # a weaker relative of the evaluated network: its weights disturbed
+        gen = torch.Generator().manual_seed(0)
+        for p in net.parameters():
+            p.add_(0.3 * p.abs().mean() * torch.randn(p.shape, generator=gen))
+    save_model(tmp_path / "surrogate.pt", net, describe_model(net, patch_size=PATCH, patch_spacing_mm=SPACING))
+    wide = DiskShapeNet(spatial_size=PATCH, width=2 * WIDTH)
+    save_model(tmp_path / "wide.pt", wide, describe_model(wide, patch_size=PATCH, patch_spacing_mm=SPACING))
+    cheap = {**_common(checkpoint, phantom, tmp_path / "eval"), "ind#heads": ["points"], "ood#enabled": False,
+             "tensorboard": False, "audit#queries": 50}
+
+    err = _init_error(bundle, **{**cheap, "audit#surrogate_ckpt": str(tmp_path / "wide.pt")})
+    assert isinstance(err, DataError) and str(tmp_path / "wide.pt") in str(err), str(err)
+    assert "audit#surrogate_ckpt: the weights do not fit the network" in str(err)
+    assert not (tmp_path / "eval").exists()
+
+    wf = _workflow(bundle, **{**cheap, "audit#surrogate_ckpt": str(tmp_path / "surrogate.pt")})
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    agg = json.loads((tmp_path / "eval" / "aggregate.json").read_text())
+    audit = {i["name"]: i for i in agg["masking_audit"]["items"]}
+    assert not [n for n, i in audit.items() if i["status"] == "skipped"], agg["masking_audit"]
+    assert sorted(audit["transfer"]["numbers"]["per_eps"]) == ["0.05", "0.2"]
+    info = json.loads((tmp_path / "eval" / "config.json").read_text())
+    assert info["surrogate_checkpoint"] == str((tmp_path / "surrogate.pt").resolve())
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "| transfer | " in report and f"transfer from `{(tmp_path / 'surrogate.pt').resolve()}`" in report

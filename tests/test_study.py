@@ -210,7 +210,8 @@ def test_progress_is_read_from_the_arm_logs_and_the_summary_names_every_report(t
     done, detail = train_progress(arm_dir / "train.log")  # the real bundle's log: 1 epoch of 2 iterations
     assert done == 1.0 and detail.startswith("epoch 1/1 iter 2/2 loss "), detail
     done, detail = eval_progress(arm_dir / "eval" / "sweep.log")
-    assert done == 1.0 and detail.startswith("unit 7/7 (last: ood/"), detail
+    # 7 sweep units, then the gradient-masking audit's 10 (2 eps x noise, query, more steps, more restarts; eps 1)
+    assert done == 1.0 and detail.startswith("unit 17/17 (last: audit/trivial/"), detail
     assert train_progress(arm_dir / "missing.log") == (0.0, "starting (data, patches, shape model)")
 
     # a stage that started 30 s ago and is half done: 30 s to go

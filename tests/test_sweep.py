@@ -449,3 +449,145 @@ def test_masking_audit_from_rows_flags_a_falling_curve():
     assert {i.name: i.status for i in items}["monotone_in_eps"] == "fail"
     ok = [r if r["eps"] != 0.2 else {**r, "point_error_px": r["point_error_px"] + 3} for r in rows]
     assert {i.name: i.status for i in sweep_audit(ok)[0]}["monotone_in_eps"] == "pass"
+
+
+class QuantisedInput(torch.nn.Module):
+    """The network behind a staircase of its input (round(4 x) / 4): a gradient-masking "defence". The
+    rounding's gradient is zero everywhere, so PGD sees none, yet the output moves when a pixel crosses a step."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(torch.round(x * 4) / 4)
+
+
+def audit_config(**audit) -> dict:
+    return small_config(num_samples=8, batch_size=8,
+                        ind={"heads": ["points"], "steps": 10, "eps": {"linf": [0.03, 0.1]}},
+                        ood={"enabled": False}, audit={"enabled": True, "num_samples": 6, "queries": 300, **audit})
+
+
+def _audit_items(out) -> dict:
+    return {i["name"]: i for i in json.loads((out / "aggregate.json").read_text())["masking_audit"]["items"]}
+
+
+def test_sweep_audit_passes_the_plain_network_and_fails_it_behind_a_quantised_input(tmp_path, data_and_model):
+    """The audit computed by the sweep itself: no item fails on the plain network; behind a non-differentiable
+    input quantisation the independent query attack beats the (blind) gradient attack and the audit fails."""
+    items, net = data_and_model
+    plain = run_robustness_sweep(net, items, audit_config(), tmp_path / "plain", progress=False)
+    status = {name: i["status"] for name, i in _audit_items(tmp_path / "plain").items()}
+    assert "fail" not in status.values() and plain["masking_audit"]["status"] != "fail", status
+    assert [name for name, s in status.items() if s == "skipped"] == ["transfer"], status
+    assert _audit_items(tmp_path / "plain")["transfer"]["message"] == \
+        "skipped: no surrogate checkpoint given (audit#surrogate_ckpt)"
+    # every audit item reads the same 6 samples: the audit's subset of the sweep's 8
+    wq = _audit_items(tmp_path / "plain")["white_vs_query"]["numbers"]["per_eps"]
+    assert sorted(wq) == ["0.03", "0.1"]  # JSON keys
+    # Square ran on its own from the clean image: weaker than PGD here, which a Square started from PGD's
+    # result (it only accepts improvements) could never be
+    assert all(v["margin"] > 0 for v in wq.values()), wq
+
+    masked = run_robustness_sweep(QuantisedInput(net), items, audit_config(), tmp_path / "masked", progress=False)
+    by_name = _audit_items(tmp_path / "masked")
+    assert masked["masking_audit"]["status"] == "fail"
+    assert by_name["white_vs_query"]["status"] == "fail", by_name["white_vs_query"]
+    assert by_name["white_vs_noise"]["status"] != "pass", by_name["white_vs_noise"]
+    per_eps = by_name["white_vs_query"]["numbers"]["per_eps"]["0.1"]
+    assert per_eps["query"] > per_eps["white_box"] + per_eps["noise"]
+
+    out = tmp_path / "masked"
+    report = (out / "report.md").read_text()
+    assert re.search(r"^## .*$", report, re.M).group(0) == "## Gradient-masking audit"
+    assert "**Gradient-masking audit: FAIL**" in report and "| white_vs_query | fail |" in report
+    assert "audit: `linf` on head points, first 6 test patches" in report
+    with open(out / "audit.csv", newline="") as f:
+        audit_rows = list(csv.DictReader(f))
+    roles = {(r["audit_role"], r["attack"], float(r["eps"])) for r in audit_rows}
+    assert roles == {("noise", "uniform_linf", 0.03), ("noise", "uniform_linf", 0.1), ("query", "square", 0.03),
+                     ("query", "square", 0.1), ("more_steps", "linf", 0.03), ("more_steps", "linf", 0.1),
+                     ("more_restarts", "linf", 0.03), ("more_restarts", "linf", 0.1), ("unbounded", "linf", 1.0),
+                     ("trivial", "constant_0", 1.0), ("trivial", "constant_0.5", 1.0), ("trivial", "constant_1", 1.0),
+                     ("trivial", "uniform_0_1", 1.0)}
+    assert all(r["sweep"] == "audit" and int(r["sample_id"]) < 6 for r in audit_rows) and len(audit_rows) == 13 * 6
+    assert {int(r["steps"]) for r in audit_rows if r["audit_role"] == "more_steps"} == {2 * 10}  # steps_factor 2
+    assert all(float(r["delta_linf"]) <= float(r["eps"]) + 1e-6 for r in audit_rows)
+    # the audit's rows never mix with the sweep's tables and aggregates
+    assert {r["sweep"] for r in csv.DictReader(open(out / "per_sample.csv"))} == {"clean", "ind"}
+    assert {g["sweep"] for g in json.loads((out / "aggregate.json").read_text())["groups"]} == {"ind"}
+    log = [json.loads(line) for line in (out / "sweep.log").read_text().splitlines()]
+    assert sum(e["event"] == "computed" and e["unit"].startswith("audit/") for e in log) == 2 * 4 + 2
+    assert log[-1]["audit"] == "fail"
+
+
+def test_sweep_audit_transfer_from_a_surrogate_and_a_surrogate_that_does_not_fit(tmp_path, data_and_model):
+    from diskrobust.checkpoints import describe_model, save_model
+
+    items, net = data_and_model
+    torch.manual_seed(1)
+    weak = tiny_net()  # the surrogate: the same architecture, briefly trained from another seed
+    weak.set_mean_shape(net.mean_shape.clone())
+    train = synthetic_disks(16, seed=1)
+    x = torch.stack([it["image"] for it in train])
+    target = {"points": torch.stack([it["points"] for it in train]), "mask": torch.stack([it["mask"] for it in train])}
+    opt = torch.optim.Adam(weak.parameters(), lr=1e-2)
+    for _ in range(20):
+        loss = DiskShapeLoss()(weak(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_model(tmp_path / "surrogate.pt", weak, describe_model(weak, patch_size=SIZE, patch_spacing_mm=0.5))
+    cfg = audit_config(surrogate_ckpt=str(tmp_path / "surrogate.pt"), unbounded=False)
+    res = run_robustness_sweep(net, items, cfg, tmp_path / "t", progress=False)
+    by_name = _audit_items(tmp_path / "t")
+    assert by_name["transfer"]["status"] == "pass", by_name["transfer"]
+    numbers = by_name["transfer"]["numbers"]["per_eps"]["0.1"]
+    assert numbers["transfer"] < numbers["white_box"]
+    assert by_name["unbounded_budget"]["message"] == "skipped: audit#unbounded is false"
+    assert res["masking_audit"]["status"] != "fail"
+    rows = list(csv.DictReader(open(tmp_path / "t" / "audit.csv")))
+    assert {r["attack"] for r in rows if r["audit_role"] == "transfer"} == {"linf"}
+    assert all(r["attack_loss"] == "nan" for r in rows if r["audit_role"] == "transfer")  # the surrogate's loss
+
+    wide = DiskShapeNet(spatial_size=SIZE, width=8, blocks=(1, 1), norm_groups=2)
+    save_model(tmp_path / "wide.pt", wide, describe_model(wide, patch_size=SIZE, patch_spacing_mm=0.5))
+    for path, expected in ((tmp_path / "wide.pt", "audit#surrogate_ckpt: the weights do not fit the network"),
+                           (tmp_path / "missing.pt", "checkpoint file not found")):
+        with pytest.raises(DataError) as info:
+            run_robustness_sweep(net, items, audit_config(surrogate_ckpt=str(path)), tmp_path / "x", progress=False)
+        assert str(path) in str(info.value) and expected in str(info.value), str(info.value)
+    save_model(tmp_path / "same.pt", net, describe_model(net, patch_size=SIZE, patch_spacing_mm=0.5))
+    with pytest.raises(DataError, match="holds the weights of the evaluated network itself"):
+        run_robustness_sweep(net, items, audit_config(surrogate_ckpt=str(tmp_path / "same.pt")), tmp_path / "y",
+                             progress=False)
+
+
+def test_audit_settings_are_checked(repo_root):
+    for audit, expected in [({"num_sample": 4}, "unknown setting(s) 'audit#num_sample' (closest: 'audit#num_samples')"),
+                            ({"queries": "many"}, "audit#queries: expected an integer"),
+                            ({"steps_factor": 1}, "audit#steps_factor: must satisfy 2 <= audit#steps_factor"),
+                            ({"enabled": "maybe"}, "audit#enabled: expected true or false"),
+                            ({"surrogate_ckpt": 5}, "audit#surrogate_ckpt: must be a model file path")]:
+        with pytest.raises(ConfigError) as info:
+            sweep_config.SweepConfig.from_dict({"audit": audit})
+        assert expected in str(info.value), str(info.value)
+    assert sweep_config.SweepConfig.from_dict({"audit": {"surrogate_ckpt": ""}}).audit.surrogate_ckpt is None
+    # the bundle's files and `#` overrides, as on the command line: a misspelt id or a word for a number is refused
+    evaluate = repo_root / "bundles" / "lumbar_disk_attack" / "configs" / "evaluate.json"
+    cfg = load_sweep_config(evaluate)
+    assert cfg.audit.enabled and cfg.audit.num_samples == 8 and cfg.audit.surrogate_ckpt is None
+    for override, expected in [({"audit#num_sample": 4},
+                                "unknown setting 'audit#num_sample' (closest: 'audit#num_samples'"),
+                               ({"audit#queries": "many"}, "'audit#queries' expects a number, got 'many'"),
+                               ({"audit#unbounded": "maybe"}, "'audit#unbounded' expects true or false")]:
+        with pytest.raises(ConfigError) as info:
+            load_sweep_config(evaluate, overrides=override)
+        assert expected in str(info.value), str(info.value)
+    # a study's nested sweep_overrides reach the audit's ids one by one (a whole dict would drop the defaults)
+    from diskrobust.robustness.workflow import attack_bundle_args
+
+    files, overrides = attack_bundle_args(evaluate.parents[1], {"sweep_overrides": {"audit": {"queries": 50}}})
+    assert overrides == {"audit#queries": 50}
+    assert load_sweep_config(*files, overrides=overrides).audit.queries == 50

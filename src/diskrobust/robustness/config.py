@@ -25,7 +25,7 @@ from diskrobust.bundle_checks import as_bool, check_number, closest
 from diskrobust.data.errors import ConfigError
 
 __all__ = [
-    "IND_ATTACKS", "HEADS", "OOD_STARTS", "IndConfig", "OodConfig", "SweepConfig", "absolute_l2",
+    "IND_ATTACKS", "HEADS", "OOD_STARTS", "AuditConfig", "IndConfig", "OodConfig", "SweepConfig", "absolute_l2",
     "SWEEP_SETTINGS",
 ]
 
@@ -163,6 +163,42 @@ class OodConfig:
 
 
 @dataclass
+class AuditConfig:
+    """The gradient-masking audit's own rows (`diskrobust.robustness.audit_units`), on the first `num_samples`
+    test patches, for the white-box attack the audit judges (`sweep_audit.white_box_attack`, point head) at
+    its eps grid: uniform noise (`noise_draws` draws, the per-sample worst), an independent Square attack
+    (`queries`), the white-box attack with `steps_factor` x its steps and `restarts_factor` x its restarts,
+    L-inf eps 1 (`unbounded`) with the constant / noise images any attacker reaches there, and, given
+    `surrogate_ckpt` (a model file of the same network), adversarials crafted on it (transfer).
+    Off in the Python default (a programmatic sweep stays as cheap as before); on in the bundle's evaluate.json."""
+
+    enabled: bool = False
+    num_samples: int = 8
+    noise_draws: int = 4
+    queries: int = 100
+    steps_factor: int = 2
+    restarts_factor: int = 2
+    unbounded: bool = True
+    surrogate_ckpt: str | None = None
+
+    def validate(self, where: str = "audit#") -> AuditConfig:
+        self.enabled = as_bool(self.enabled, f"{where}enabled")
+        self.num_samples = check_number(self.num_samples, f"{where}num_samples", minimum=1, integer=True)
+        self.noise_draws = check_number(self.noise_draws, f"{where}noise_draws", minimum=1, integer=True)
+        self.queries = check_number(self.queries, f"{where}queries", minimum=1, integer=True)
+        # a factor of 1 would rerun the sweep's own attack and make the effort checks vacuous
+        self.steps_factor = check_number(self.steps_factor, f"{where}steps_factor", minimum=2, integer=True)
+        self.restarts_factor = check_number(self.restarts_factor, f"{where}restarts_factor", minimum=2, integer=True)
+        self.unbounded = as_bool(self.unbounded, f"{where}unbounded")
+        if self.surrogate_ckpt in (None, ""):
+            self.surrogate_ckpt = None
+        elif not isinstance(self.surrogate_ckpt, str):
+            raise ConfigError(None, f"{where}surrogate_ckpt", f"must be a model file path or empty, "
+                                                              f"got {self.surrogate_ckpt!r}")
+        return self
+
+
+@dataclass
 class SweepConfig:
     """Everything that decides what a sweep computes.
 
@@ -179,6 +215,7 @@ class SweepConfig:
     tensorboard_images: int = 4
     ind: IndConfig = field(default_factory=IndConfig)
     ood: OodConfig = field(default_factory=OodConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str | None = None) -> SweepConfig:
@@ -189,14 +226,16 @@ class SweepConfig:
                 raise ConfigError(None, "sweep settings", f"must be a dict, got {type(d).__name__}")
             _reject_unknown(d, SWEEP_SETTINGS, "", {"description": "the report's header is written from the "
                                                                    "settings that ran; drop it"})
-            ind_d, ood_d = d.get("ind", {}), d.get("ood", {})
-            for name, sub in (("ind", ind_d), ("ood", ood_d)):
+            ind_d, ood_d, audit_d = d.get("ind", {}), d.get("ood", {}), d.get("audit", {})
+            for name, sub in (("ind", ind_d), ("ood", ood_d), ("audit", audit_d)):
                 if not isinstance(sub, Mapping):
                     raise ConfigError(None, name, f"must be a dict of settings, got {sub!r}")
             _reject_unknown(ind_d, list(IndConfig.__dataclass_fields__), "ind#")
             _reject_unknown(ood_d, list(OodConfig.__dataclass_fields__), "ood#", _OOD_RETIRED)
-            kwargs = {k: v for k, v in d.items() if k not in ("ind", "ood")}
-            cfg = cls(**kwargs, ind=IndConfig(**dict(ind_d)), ood=OodConfig(**dict(ood_d)))
+            _reject_unknown(audit_d, list(AuditConfig.__dataclass_fields__), "audit#")
+            kwargs = {k: v for k, v in d.items() if k not in ("ind", "ood", "audit")}
+            cfg = cls(**kwargs, ind=IndConfig(**dict(ind_d)), ood=OodConfig(**dict(ood_d)),
+                      audit=AuditConfig(**dict(audit_d)))
             return cfg.validate()
         except ConfigError as err:
             if where and not err.source:
@@ -213,6 +252,7 @@ class SweepConfig:
         self.tolerance_px = check_number(self.tolerance_px, "tolerance_px", minimum=0)
         self.ind.validate()
         self.ood.validate()
+        self.audit.validate()
         return self
 
     def to_dict(self) -> dict:
@@ -220,4 +260,5 @@ class SweepConfig:
 
 
 # The top-level sweep ids of the attack bundle (the rest of its config is data, model and output).
-SWEEP_SETTINGS = ("profile", "seed", "num_samples", "batch_size", "tolerance_px", "tensorboard_images", "ind", "ood")
+SWEEP_SETTINGS = ("profile", "seed", "num_samples", "batch_size", "tolerance_px", "tensorboard_images", "ind", "ood",
+                  "audit")

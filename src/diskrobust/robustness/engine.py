@@ -15,6 +15,11 @@ Sweep kinds (`SWEEP_KINDS`: the name of a unit's sweep -> the Runner method that
            scikit-image sample photos) towards the network's own outputs on the test patches, per
            per-pixel L2 budget; metrics vs that target (how closely the fooled network reproduces an
            in-distribution disk). Budget 0 is the start image unattacked: the start-image distance.
+    audit  the gradient-masking audit's rows (`units.plan_audit_units`, when `audit#enabled`): noise, an
+           independent Square attack, the audited attack with more steps / restarts, at L-inf eps 1, the
+           trivially reachable images, transfer from a surrogate. Written to `audit.csv` (column
+           `audit_role`), never into per_sample.csv or the aggregate; `sweep_audit` turns them into the
+           audit at the top of report.md and in aggregate.json.
 A new attack kind is one entry in `IND_ATTACK_BUILDERS` (and its name in `config.IND_ATTACKS`), or a
 new sweep kind in `SWEEP_KINDS` with its planning in `units.plan_units`.
 
@@ -36,14 +41,14 @@ from tqdm.auto import tqdm
 
 from diskrobust.data.dataset_io import atomic_write_json, atomic_write_text
 from diskrobust.robustness import results
-from diskrobust.robustness.config import SweepConfig
-from diskrobust.robustness.network import check_heads, model_fingerprint, network_outputs
+from diskrobust.robustness.config import IND_ATTACKS, SweepConfig
+from diskrobust.robustness.network import check_heads, load_surrogate, model_fingerprint, network_outputs
 from diskrobust.robustness.results import METRICS
 from diskrobust.robustness.sweep_audit import audit_json, audit_markdown
 from diskrobust.robustness.tensorboard import AttackTensorBoardLogger
 from diskrobust.robustness.testset import TestSet, load_test_set
-from diskrobust.robustness.units import (EventLog, Unit, derive_seed, load_unit, plan_units, unit_fingerprint,
-                                         unit_summary)
+from diskrobust.robustness.units import (EventLog, Unit, audited_attack, derive_seed, load_unit, plan_audit_units,
+                                         plan_units, unit_fingerprint, unit_summary)
 
 __all__ = ["IND_ATTACK_BUILDERS", "SWEEP_KINDS", "Runner", "run_robustness_sweep", "report_header"]
 
@@ -63,6 +68,16 @@ def _autoattack(model: nn.Module, unit: Unit, seed: int, progress: bool):
     p = unit.params
     return RegressionAutoAttack(model, eps=unit.eps, norm=unit.norm, criterion=unit.head, steps=p["steps"],
                                 restarts=p["restarts"], queries=p["queries"], seed=seed, progress=progress)
+
+
+def _square(model: nn.Module, unit: Unit, seed: int, progress: bool):
+    """The audit's query-based attack: Square on the point distance from the clean image (its own stripes
+    start), never from a gradient attack's result, so it is a number independent of the gradient."""
+    from diskrobust.attacks import SquareAttack
+    from diskrobust.attacks.autoattack import point_distance_criterion
+
+    return SquareAttack(model, eps=unit.eps, queries=unit.params["queries"], norm=unit.norm,
+                        objective=point_distance_criterion, seed=seed, progress=progress)
 
 
 # IND attack name -> builder(model, unit, seed, progress) -> an attack called as attack(images, targets),
@@ -153,8 +168,9 @@ class Runner:
     INNER_BAR_STEPS = 100
 
     def __init__(self, model: nn.Module, test: TestSet, cfg: SweepConfig, tb: AttackTensorBoardLogger | None,
-                 progress: bool = False):
+                 progress: bool = False, surrogate: nn.Module | None = None):
         self.model, self.test, self.cfg, self.tb = model, test, cfg, tb
+        self.surrogate = surrogate
         self.progress = progress
         self.device = next(model.parameters()).device
         self._ood_targets: dict[str, torch.Tensor] | None = None
@@ -212,22 +228,80 @@ class Runner:
         return rows
 
     def _ind(self, unit: Unit) -> list[dict]:
-        p = unit.params
+        return self._attack_rows(unit, self.test, IND_ATTACK_BUILDERS[unit.attack], self.model, log_examples=True)
+
+    def _attack_rows(self, unit: Unit, test: TestSet, build: Callable, craft_on: nn.Module,
+                     log_examples: bool = False) -> list[dict]:
+        """Rows of the attack `build(model, unit, seed, progress)` crafted on `craft_on` and scored on the network
+        (craft_on is the network itself, or the audit's surrogate: then the crafting loss is not reported)."""
         seed = derive_seed(self.cfg.seed, unit.key)
         rows = []
-        for b, ids in _batches(len(self.test), self.cfg.batch_size):
-            x = self._dev(self.test.images[ids])
-            points, mask = self._dev(self.test.points[ids]), self._dev(self.test.mask[ids])
-            attack = IND_ATTACK_BUILDERS[unit.attack](self.model, unit, seed + b,
-                                                      self.progress and p["steps"] >= self.INNER_BAR_STEPS)
+        for b, ids in _batches(len(test), self.cfg.batch_size):
+            x = self._dev(test.images[ids])
+            points, mask = self._dev(test.points[ids]), self._dev(test.mask[ids])
+            attack = build(craft_on, unit, seed + b, self.progress and unit.steps >= self.INNER_BAR_STEPS)
             res = attack(x, {"points": points, "mask": mask})
-            met = _evaluate(self.model, res.images, points, mask, mask, self.test.spacing_mm)
-            rows += _rows(unit, ids, self.test, met, res.losses, res.deltas, "truth", getattr(res, "member", None))
-            if b == 0 and self.tb is not None and self.tb.num_images:
+            met = _evaluate(self.model, res.images, points, mask, mask, test.spacing_mm)
+            losses = res.losses if craft_on is self.model else None
+            rows += _rows(unit, ids, test, met, losses, res.deltas, "truth", getattr(res, "member", None))
+            if log_examples and b == 0 and self.tb is not None and self.tb.num_images:
                 clean_pred = self.clean_predictions()
                 self.tb.log_ind_examples(unit.prefix, unit.eps, ids, x.cpu(), res.images.cpu(), points.cpu(),
                                          None if clean_pred is None else clean_pred[ids],
                                          None if met["_pred"] is None else met["_pred"].cpu())
+        return rows
+
+    def _audit(self, unit: Unit) -> list[dict]:
+        """One unit of the gradient-masking audit (`units.plan_audit_units`): rows tagged with the unit's role
+        (`audit_role`) and the attack or image that produced them (`attack`)."""
+        role, p = unit.attack, unit.params
+        test = load_test_set(self.test, p["num_samples"])
+        seed = derive_seed(self.cfg.seed, unit.key)
+        if role == "noise":
+            rows = self._worst_noise(test, unit.eps, unit.norm, seed, p["draws"])
+        elif role == "query":
+            rows = [{**r, "attack": "square"} for r in self._attack_rows(unit, test, _square, self.model)]
+        elif role == "trivial":
+            rows = self._trivial_rows(unit, test, seed)
+        elif role == "transfer":
+            if self.surrogate is None:
+                raise ValueError("an audit transfer unit needs the surrogate network (audit#surrogate_ckpt)")
+            rows = self._attack_rows(unit, test, IND_ATTACK_BUILDERS[p["audited"]], self.surrogate)
+        else:  # more_steps, more_restarts, unbounded: the audited attack itself with other parameters
+            rows = self._attack_rows(unit, test, IND_ATTACK_BUILDERS[p["audited"]], self.model)
+        for r in rows:
+            if r["attack"] == role:
+                r["attack"] = p["audited"]
+            r.update(sweep=unit.sweep, audit_role=role, head=unit.head, steps=unit.steps)
+        return rows
+
+    def _worst_noise(self, test: TestSet, eps: float, norm: str, seed: int, draws: int) -> list[dict]:
+        """Uniform noise of the budget (`baselines.uniform_noise_rows`), the per-sample worst point error of
+        `draws` draws: random search with `draws` queries, the least a gradient attack must beat."""
+        from diskrobust.robustness.baselines import uniform_noise_rows
+
+        worst: dict[int, dict] = {}
+        for d in range(draws):
+            for r in uniform_noise_rows(self.model, test, [eps], norm, seed=seed + d, batch_size=self.cfg.batch_size):
+                best = worst.get(r["sample_id"])
+                if best is None or float(r["point_error_px"]) > float(best["point_error_px"]):
+                    worst[r["sample_id"]] = r
+        return [worst[i] for i in sorted(worst)]
+
+    def _trivial_rows(self, unit: Unit, test: TestSet, seed: int) -> list[dict]:
+        """The network on images every L-inf eps-1 attacker can reach: constant 0, 0.5, 1 and uniform noise."""
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.rand(test.images.shape, generator=gen)
+        images = {f"constant_{v:g}": torch.full_like(test.images, v) for v in (0.0, 0.5, 1.0)}
+        images["uniform_0_1"] = noise
+        rows = []
+        for name, reached in images.items():
+            for _, ids in _batches(len(test), self.cfg.batch_size):
+                x = self._dev(test.images[ids])
+                points, mask = self._dev(test.points[ids]), self._dev(test.mask[ids])
+                adv = self._dev(reached[ids])
+                met = _evaluate(self.model, adv, points, mask, mask, test.spacing_mm)
+                rows += [{**r, "attack": name} for r in _rows(unit, ids, test, met, None, adv - x, "truth")]
         return rows
 
     def _ood(self, unit: Unit) -> list[dict]:
@@ -266,12 +340,14 @@ class Runner:
 
 # sweep name -> how a unit of it is computed (Runner method); planning is in units.plan_units.
 SWEEP_KINDS: dict[str, Callable[[Runner, Unit], list[dict]]] = {
-    "clean": Runner._clean, "ind": Runner._ind, "ood": Runner._ood}
+    "clean": Runner._clean, "ind": Runner._ind, "ood": Runner._ood, "audit": Runner._audit}
 
 
 def run_robustness_sweep(model: nn.Module, dataset, config: SweepConfig | Mapping, output_dir: str | Path,
-                         writer=None, progress: bool = True, run_info: Mapping | None = None) -> dict:
-    """Run (or resume) the clean / IND / OOD sweep of `model` on `dataset`; write all result files.
+                         writer=None, progress: bool = True, run_info: Mapping | None = None,
+                         surrogate: nn.Module | None = None) -> dict:
+    """Run (or resume) the clean / IND / OOD sweep of `model` on `dataset` and its gradient-masking audit;
+    write all result files.
 
     Args:
         model: the network (on its device), returning {"pred": (B, 176, 2), "seg": (B, 1, H, W)} (either may be absent).
@@ -280,11 +356,13 @@ def run_robustness_sweep(model: nn.Module, dataset, config: SweepConfig | Mappin
         output_dir: where the files go (see module docstring and docs/robustness_evaluation.md).
         writer: None, a SummaryWriter, a log folder, or an AttackTensorBoardLogger: TensorBoard output
             for the units computed in this call.
-        progress: tqdm bar over the units.
+        progress: tqdm bars over the units (the sweep's, then the audit's).
         run_info: extra facts recorded in config.json (checkpoint, dataset, network definition).
+        surrogate: the audit's transfer source, a network of the same architecture; None loads
+            `audit#surrogate_ckpt` when given (`network.load_surrogate`).
 
-    Returns {"output_dir", "files": {name: path}, "aggregate": ..., "computed": [unit keys], "reused": [...],
-    "seconds"}.
+    Returns {"output_dir", "files": {name: path}, "aggregate": ..., "masking_audit": ..., "computed": [unit keys],
+    "reused": [...], "seconds"}.
     """
     cfg = config if isinstance(config, SweepConfig) else SweepConfig.from_dict(config)
     cfg.validate()
@@ -297,25 +375,34 @@ def run_robustness_sweep(model: nn.Module, dataset, config: SweepConfig | Mappin
         AttackTensorBoardLogger(writer, cfg.tensorboard_images)
     if tb is not None:
         tb.num_images = min(tb.num_images, cfg.tensorboard_images)
+    if surrogate is None and cfg.audit.enabled and cfg.audit.surrogate_ckpt:
+        surrogate = load_surrogate(model, cfg.audit.surrogate_ckpt)
+    if not cfg.audit.enabled:
+        surrogate = None
 
     base = {"model": model_fingerprint(model), "data": test.fingerprint(), "seed": cfg.seed,
             "num_samples": len(test), "batch_size": cfg.batch_size}
     units = plan_units(cfg, image_size)
+    audit_units = plan_audit_units(cfg, image_size, None if surrogate is None else model_fingerprint(surrogate))
     info = {"sweep": cfg.to_dict(), "num_test_samples": len(test), "model_fingerprint": base["model"],
-            "data_fingerprint": base["data"], "units": len(units), "environment": results.environment_info(),
-            **dict(run_info or {})}
+            "data_fingerprint": base["data"], "units": len(units), "audit_units": len(audit_units),
+            "surrogate_fingerprint": None if surrogate is None else model_fingerprint(surrogate),
+            "environment": results.environment_info(), **dict(run_info or {})}
     files = {"config": atomic_write_json(out / "config.json", info)}
     log = EventLog(out / "sweep.log")
-    log.write(event="start", profile=cfg.profile, units=len(units), model=base["model"], data=base["data"])
+    log.write(event="start", profile=cfg.profile, units=len(units), audit_units=len(audit_units), model=base["model"],
+              data=base["data"])
 
     was_training = model.training
     model.eval()
-    runner = Runner(model, test, cfg, tb, progress)
+    runner = Runner(model, test, cfg, tb, progress, surrogate=surrogate)
     all_rows: list[dict] = []
+    audit_rows: list[dict] = []
     computed, reused = [], []
     t_start = time.perf_counter()
-    try:
-        bar = tqdm(units, desc="robustness sweep", disable=not progress, unit="unit")
+
+    def run_units(todo: Sequence[Unit], desc: str, rows_out: list[dict]) -> None:
+        bar = tqdm(todo, desc=desc, disable=not progress, unit="unit")
         for unit in bar:
             bar.set_postfix_str(unit.key, refresh=False)
             path = out / "units" / f"{unit.key}.json"
@@ -329,18 +416,23 @@ def run_robustness_sweep(model: nn.Module, dataset, config: SweepConfig | Mappin
                 rows = runner.run(unit)
                 seconds = time.perf_counter() - t0
                 atomic_write_json(path, {"fingerprint": fingerprint, "unit": unit.key, "params": unit.params,
-                                                 "seconds": seconds, "rows": rows})
+                                         "seconds": seconds, "rows": rows})
                 computed.append(unit.key)
                 summary = unit_summary(rows, cfg.tolerance_px)
                 log.write(event="computed", unit=unit.key, seconds=round(seconds, 3), **summary)
-                if tb is not None:
+                if tb is not None and unit.sweep != "audit":  # the audit's rows are no curve of their own
                     if unit.sweep == "clean":
                         for attack in (cfg.ind.attacks if cfg.ind.enabled else []):
                             for head in cfg.ind.heads:
                                 tb.log_scalars(f"ind/{attack}/{head}", 0.0, summary)
                     else:
                         tb.log_scalars(unit.prefix, unit.eps, summary)
-            all_rows += rows
+            rows_out += rows
+
+    try:
+        run_units(units, "robustness sweep", all_rows)
+        if audit_units:
+            run_units(audit_units, "gradient-masking audit", audit_rows)
     finally:
         model.train(was_training)
         if tb is not None:
@@ -353,11 +445,15 @@ def run_robustness_sweep(model: nn.Module, dataset, config: SweepConfig | Mappin
         per_sample.append({**r, "within_tolerance": "" if math.isnan(err) else int(err <= cfg.tolerance_px)})
     files["per_sample"] = results.write_rows_csv(out / "per_sample.csv", per_sample,
                                                  columns=results.ROW_COLUMNS + ("within_tolerance",))
+    if audit_rows:  # a file of its own: the audit's rows never enter the sweep's tables, curves or aggregates
+        files["audit_rows"] = results.write_rows_csv(out / "audit.csv", audit_rows,
+                                                     columns=results.ROW_COLUMNS + ("audit_role",))
     # The masking audit goes first: a defence that only hides its gradients is flagged before any number.
-    files["aggregate"] = atomic_write_json(out / "aggregate.json", {"profile": cfg.profile,
-                                                                    "masking_audit": audit_json(all_rows), **agg})
+    masking = audit_json(all_rows + audit_rows, cfg.audit)
+    files["aggregate"] = atomic_write_json(out / "aggregate.json", {"profile": cfg.profile, "masking_audit": masking,
+                                                                    **agg})
     header = report_header(cfg, info, test)
-    header = header[:2] + audit_markdown(all_rows) + [""] + header[2:]
+    header = header[:2] + audit_markdown(all_rows + audit_rows, cfg.audit) + [""] + header[2:]
     report = results.markdown_report(agg, header, spacing_mm=test.spacing_mm)
     files["report"] = atomic_write_text(out / "report.md", report)
     files["plots"] = results.plot_curves(agg, out / "plots")
@@ -365,9 +461,10 @@ def run_robustness_sweep(model: nn.Module, dataset, config: SweepConfig | Mappin
         tb.log_summary(report, files["plots"])
         tb.flush()
     seconds = time.perf_counter() - t_start
-    log.write(event="done", computed=len(computed), reused=len(reused), seconds=round(seconds, 3))
-    return {"output_dir": str(out), "files": files, "aggregate": agg, "computed": computed, "reused": reused,
-            "seconds": seconds}
+    log.write(event="done", computed=len(computed), reused=len(reused), seconds=round(seconds, 3),
+              audit=masking["status"])
+    return {"output_dir": str(out), "files": files, "aggregate": agg, "masking_audit": masking,
+            "computed": computed, "reused": reused, "seconds": seconds}
 
 
 def _budgets(values: Sequence[float], norm: str, image_size: Sequence[int]) -> str:
@@ -391,8 +488,6 @@ def report_header(cfg: SweepConfig, info: Mapping, test: TestSet) -> list[str]:
     lines.append(f"- test patches: {len(test)} of {h} x {w} px from `{test.source}` (patch spacing "
                  f"{test.spacing_mm:g} mm/px), seed {cfg.seed}, batch {cfg.batch_size}")
     if ind.enabled:
-        from diskrobust.robustness.config import IND_ATTACKS
-
         grids = "; ".join(f"{a}: eps {_budgets(ind.eps[a], IND_ATTACKS[a], size)}" for a in ind.attacks)
         lines.append(f"- IND: PGD, {ind.steps} steps, step = eps x {ind.step_ratio:g}, update {ind.update}, "
                      f"random start {'yes' if ind.random_start else 'no'}, {ind.restarts} restart(s), "
@@ -413,6 +508,20 @@ def report_header(cfg: SweepConfig, info: Mapping, test: TestSet) -> list[str]:
                      f"{'yes' if ood.random_start else 'no'}, heads {', '.join(ood.heads)}, {n_ood} targets")
     else:
         lines.append("- OOD: not run (ood#enabled false)")
+    audited = audited_attack(cfg)
+    if cfg.audit.enabled and audited is not None:
+        a = cfg.audit
+        n = min(len(test), a.num_samples)
+        lines.append(f"- audit: `{audited}` on head points, first {n} test patches: uniform "
+                     f"noise (worst of {a.noise_draws} draws), Square from the clean image ({a.queries} queries), "
+                     f"{a.steps_factor} x steps, {a.restarts_factor} x restarts"
+                     + (", L-inf eps 1 with constant / noise images" if a.unbounded and IND_ATTACKS[audited] == "linf"
+                        else "")
+                     + (f", transfer from `{info.get('surrogate_checkpoint') or 'a surrogate network'}`"
+                        if info.get("surrogate_fingerprint") else ", no surrogate (transfer skipped)"))
+    else:
+        lines.append("- audit: no audit rows (" + ("audit#enabled false" if not cfg.audit.enabled
+                                                   else "no IND attack on the point head") + ")")
     lines.append(f"- tolerance: {cfg.tolerance_px:g} px; versions: torch {env.get('torch')}, monai {env.get('monai')}, "
                  f"diskrobust {env.get('diskrobust')}, git {env.get('git_commit')}")
     return lines

@@ -15,7 +15,7 @@ from torch import nn
 from diskrobust.data.errors import ConfigError
 from diskrobust.robustness.config import HEADS, SweepConfig
 
-__all__ = ["model_fingerprint", "network_outputs", "check_heads", "file_sha256"]
+__all__ = ["model_fingerprint", "network_outputs", "check_heads", "file_sha256", "load_surrogate"]
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -61,3 +61,25 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def load_surrogate(model: nn.Module, path: str | Path) -> nn.Module:
+    """The masking audit's transfer source: a copy of `model`'s architecture with the weights of model file
+    `path` (strict), on its device, in eval mode. DataError naming the file (and `audit#surrogate_ckpt`)
+    when it is missing, unreadable, does not fit the architecture, or holds the evaluated weights themselves
+    (transfer from the network itself is white-box, not a transfer check)."""
+    import copy
+
+    from diskrobust.attacks._base import unwrap_model
+    from diskrobust.checkpoints import load_model_weights, weights_digest
+    from diskrobust.data.errors import DataError
+
+    surrogate = copy.deepcopy(unwrap_model(model))
+    try:
+        load_model_weights(surrogate, path)
+    except DataError as err:
+        raise DataError(path, f"audit#surrogate_ckpt: {err.problem}") from None
+    if weights_digest(surrogate) == weights_digest(model):
+        raise DataError(path, "audit#surrogate_ckpt: holds the weights of the evaluated network itself; the transfer "
+                              "check needs another model of the same architecture (e.g. another seed's model.pt)")
+    return surrogate.eval()

@@ -27,7 +27,8 @@ from diskrobust.robustness import results
 from diskrobust.robustness.config import IND_ATTACKS, SweepConfig, absolute_l2
 from diskrobust.robustness.tensorboard import eps_tag
 
-__all__ = ["Unit", "plan_units", "derive_seed", "unit_fingerprint", "load_unit", "unit_summary", "EventLog"]
+__all__ = ["AUDIT_ROLES", "Unit", "audited_attack", "ind_unit", "plan_audit_units", "plan_units", "derive_seed",
+           "unit_fingerprint", "load_unit", "unit_summary", "EventLog"]
 
 
 def derive_seed(seed: int, name: str) -> int:
@@ -60,6 +61,25 @@ class Unit:
         return f"{self.sweep}/{self.attack}/{self.head}"
 
 
+def ind_unit(cfg: SweepConfig, attack: str, head: str, budget: float, image_size: Sequence[int],
+             sweep: str = "ind", **changes) -> Unit:
+    """One IND unit of `attack` on `head` at `budget` (per pixel; L2 as an RMS), its parameters changed by
+    `changes` (the audit's more steps / restarts): the one place an IND attack's parameters are written."""
+    norm = IND_ATTACKS[attack]
+    rms = budget if norm == "l2" else None
+    eps = absolute_l2(budget, image_size) if norm == "l2" else budget
+    if attack.startswith("autoattack"):  # parameter-free: APGD picks its own step sizes
+        params = {"steps": cfg.ind.steps, "restarts": cfg.ind.restarts, "queries": cfg.ind.queries,
+                  "eps": eps, "eps_rms": rms, "norm": norm}
+    else:
+        params = {"steps": cfg.ind.steps, "step_size": eps * cfg.ind.step_ratio,
+                  "update": cfg.ind.update, "random_start": cfg.ind.random_start,
+                  "restarts": cfg.ind.restarts, "point_loss": cfg.ind.point_loss, "eps": eps,
+                  "eps_rms": rms, "norm": norm}
+    params.update(changes)
+    return Unit(sweep, attack, norm, head, eps, params["steps"], params, rms)
+
+
 def plan_units(cfg: SweepConfig, image_size: Sequence[int]) -> list[Unit]:
     """The units of a sweep in run order: clean, IND (attack, head, eps), OOD (start, head, eps incl. 0).
 
@@ -68,23 +88,10 @@ def plan_units(cfg: SweepConfig, image_size: Sequence[int]) -> list[Unit]:
     units = [Unit("clean", "none", "none", "none", 0.0, 0, {})]
     if cfg.ind.enabled:
         for attack in cfg.ind.attacks:
-            norm = IND_ATTACKS[attack]
-            ensemble = attack.startswith("autoattack")
             for head in cfg.ind.heads:
-                if ensemble and head == "both":
+                if attack.startswith("autoattack") and head == "both":
                     continue  # the ensemble's "points" criterion already runs APGD on both heads as a member
-                for budget in cfg.ind.eps[attack]:
-                    rms = budget if norm == "l2" else None
-                    eps = absolute_l2(budget, image_size) if norm == "l2" else budget
-                    if ensemble:  # parameter-free: APGD picks its own step sizes
-                        params = {"steps": cfg.ind.steps, "restarts": cfg.ind.restarts, "queries": cfg.ind.queries,
-                                  "eps": eps, "eps_rms": rms, "norm": norm}
-                    else:
-                        params = {"steps": cfg.ind.steps, "step_size": eps * cfg.ind.step_ratio,
-                                  "update": cfg.ind.update, "random_start": cfg.ind.random_start,
-                                  "restarts": cfg.ind.restarts, "point_loss": cfg.ind.point_loss, "eps": eps,
-                                  "eps_rms": rms, "norm": norm}
-                    units.append(Unit("ind", attack, norm, head, eps, cfg.ind.steps, params, rms))
+                units += [ind_unit(cfg, attack, head, budget, image_size) for budget in cfg.ind.eps[attack]]
     if cfg.ood.enabled:
         for start in cfg.ood.starts:
             for head in cfg.ood.heads:
@@ -96,6 +103,59 @@ def plan_units(cfg: SweepConfig, image_size: Sequence[int]) -> list[Unit]:
                               "eps": eps, "eps_rms": rms}
                     units.append(Unit("ood", start, "l2", head, eps, steps, params, rms))
     return units
+
+
+# The audit's roles (a unit's `attack` in sweep "audit", the `audit_role` of its rows), in run order.
+AUDIT_ROLES = ("noise", "query", "more_steps", "more_restarts", "unbounded", "trivial", "transfer")
+
+
+def audited_attack(cfg: SweepConfig) -> str | None:
+    """The IND attack the audit judges (the one `sweep_audit` takes as white-box), None when it has nothing
+    to judge: no IND sweep, or no point head attacked (the audit's metric is the point error)."""
+    from diskrobust.robustness.sweep_audit import white_box_attack
+
+    if not (cfg.ind.enabled and "points" in cfg.ind.heads):
+        return None
+    return white_box_attack(cfg.ind.attacks)
+
+
+def plan_audit_units(cfg: SweepConfig, image_size: Sequence[int], surrogate_digest: str | None = None) -> list[Unit]:
+    """The gradient-masking audit's units (sweep "audit", attack = its role, see `AUDIT_ROLES`) for the
+    white-box attack on the point head at its eps grid, on the first `audit#num_samples` test patches.
+
+    surrogate_digest: the weights digest of the surrogate network (transfer units only with one); it is
+    part of those units' fingerprint, so another surrogate recomputes them.
+    """
+    a = cfg.audit
+    attack = audited_attack(cfg)
+    if not a.enabled or attack is None:
+        return []
+    n = {"num_samples": a.num_samples, "audited": attack}
+    norm = IND_ATTACKS[attack]
+    units = []
+    for budget in cfg.ind.eps[attack]:
+        base = ind_unit(cfg, attack, "points", budget, image_size, sweep="audit", **n)
+        eps, rms = base.eps, base.eps_rms
+        units += [
+            Unit("audit", "noise", norm, "none", eps, 0, {**n, "draws": a.noise_draws, "eps": eps, "norm": norm}, rms),
+            Unit("audit", "query", norm, "points", eps, a.queries,
+                 {**n, "queries": a.queries, "eps": eps, "norm": norm}, rms),
+            ind_unit(cfg, attack, "points", budget, image_size, sweep="audit", **n,
+                     steps=cfg.ind.steps * a.steps_factor),
+            ind_unit(cfg, attack, "points", budget, image_size, sweep="audit", **n,
+                     restarts=cfg.ind.restarts * a.restarts_factor),
+        ]
+        units[-2].attack, units[-1].attack = "more_steps", "more_restarts"
+        if surrogate_digest is not None:
+            units.append(ind_unit(cfg, attack, "points", budget, image_size, sweep="audit", **n,
+                                  surrogate=surrogate_digest))
+            units[-1].attack = "transfer"
+    if a.unbounded and norm == "linf":
+        units.append(ind_unit(cfg, attack, "points", 1.0, image_size, sweep="audit", **n))
+        units[-1].attack = "unbounded"
+        units.append(Unit("audit", "trivial", "linf", "none", 1.0, 0, {**n, "eps": 1.0, "norm": "linf"}))
+    order = {role: i for i, role in enumerate(AUDIT_ROLES)}
+    return sorted(units, key=lambda u: (order[u.attack], u.eps))
 
 
 def unit_fingerprint(base: Mapping, unit: Unit) -> str:

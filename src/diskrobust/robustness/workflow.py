@@ -25,7 +25,7 @@ from diskrobust.bundle_checks import as_bool, check_number, is_bundle_run, parse
 from diskrobust.data.errors import ConfigError, DataError
 from diskrobust.robustness.config import SWEEP_SETTINGS, SweepConfig
 from diskrobust.robustness.engine import run_robustness_sweep
-from diskrobust.robustness.network import check_heads, file_sha256, network_outputs
+from diskrobust.robustness.network import check_heads, file_sha256, load_surrogate, network_outputs
 from diskrobust.robustness.tensorboard import AttackTensorBoardLogger
 
 __all__ = ["ALSO_ACCEPTED", "RETIRED_SETTINGS", "RobustnessEvaluation", "attack_bundle_args", "load_sweep_config",
@@ -52,7 +52,7 @@ RETIRED_SETTINGS = {
 def attack_bundle_args(bundle_dir: str | Path, evaluation: Mapping[str, Any]) -> tuple[list[Path], dict[str, Any]]:
     """Config files and `#` overrides for the attack bundle from {"profile": name, "sweep_overrides": {...}, ...}.
 
-    Other keys pass through as overrides. A nested dict under `ind` / `ood` becomes `ind#key` ids
+    Other keys pass through as overrides. A nested dict under `ind` / `ood` / `audit` becomes `ind#key` ids
     (`{"ind": {"eps": {"linf": [0.1]}}}` -> `ind#eps#linf`).
     """
     bundle_dir = Path(bundle_dir)
@@ -67,7 +67,7 @@ def attack_bundle_args(bundle_dir: str | Path, evaluation: Mapping[str, Any]) ->
         files.append(path)
 
     def flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
-        if isinstance(value, Mapping) and prefix.split("#")[0] in ("ind", "ood"):
+        if isinstance(value, Mapping) and prefix.split("#")[0] in ("ind", "ood", "audit"):
             for k, v in value.items():
                 flat(f"{prefix}#{k}", v, out)
         else:
@@ -176,6 +176,7 @@ class RobustnessEvaluation:
         self.progress = as_bool(progress, "progress")
         self.bundle_root = str(bundle_root)
         self.config: SweepConfig | None = None
+        self.surrogate: nn.Module | None = None
         self.dataset = None
         self.datalist_path: Path | None = None
 
@@ -223,6 +224,9 @@ class RobustnessEvaluation:
         if len(self.dataset) == 0:
             raise DataError(datalist, f"split {self.split!r} holds no disk patches")
         check_heads(self.config, network_outputs(self.network, (1, self.patch_size, self.patch_size)))
+        audit = self.config.audit
+        if audit.enabled and audit.surrogate_ckpt:
+            self.surrogate = load_surrogate(self.network, audit.surrogate_ckpt)
         self.datalist_path = datalist
         # one run per output folder: a second one is refused naming the holder (a killed run's lock is taken over)
         try:
@@ -245,11 +249,14 @@ class RobustnessEvaluation:
                     "network_params": network_params(self.network),
                     "model_description": {k: v for k, v in self.description.items() if k != "shape_pca_mean"},
                     "patch": {"size": self.patch_size, "spacing_mm": self.patch_spacing_mm}}
+        if self.surrogate is not None:
+            surrogate = Path(self.config.audit.surrogate_ckpt)
+            run_info.update(surrogate_checkpoint=str(surrogate.resolve()), surrogate_sha256=file_sha256(surrogate))
         try:
             result = run_robustness_sweep(self.network, self.dataset, self.config, self.output_dir,
                                           writer=AttackTensorBoardLogger(writer, self.config.tensorboard_images)
                                           if writer is not None else None,
-                                          progress=self.progress, run_info=run_info)
+                                          progress=self.progress, run_info=run_info, surrogate=self.surrogate)
         finally:
             if writer is not None:
                 writer.close()

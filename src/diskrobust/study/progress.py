@@ -3,7 +3,8 @@ and on a cluster's shared filesystem): the stage each running arm is in, how far
 
 - `arms/<arm>/<stage>.running.json`: which stage runs, since when (written by `stages.run_stage`);
 - `train.log`: the training bundle's iteration lines, `Epoch: k/n, Iter: i/m -- train/loss: x ...`;
-- `eval/sweep.log`: the attack bundle's JSON lines, `start` (units: N) then one per unit done;
+- `eval/sweep.log`: the attack bundle's JSON lines, `start` (units: N, audit_units: M: the sweep's and the
+  gradient-masking audit's) then one per unit done;
 - after the sweep, the evaluate stage's measurements (`study/measure.py`): the running file names
   the step and its log, whose last `[measure]` line is shown (the OOD budget search logs each
   target: `setting k/K <start>: target i/N`, the fraction its ETA is scaled by).
@@ -83,7 +84,7 @@ def eval_progress(sweep_log: Path) -> tuple[float, str]:
         except json.JSONDecodeError:
             continue
         if event.get("event") == "start":
-            total, done, last = int(event.get("units", 0)), 0, ""
+            total, done, last = int(event.get("units", 0)) + int(event.get("audit_units", 0)), 0, ""
         elif event.get("event") in ("computed", "reused"):
             done, last = done + 1, str(event.get("unit", ""))
     if not total:

@@ -174,19 +174,24 @@ def evaluation_parts(cfg: StudyConfig) -> list[dict[str, Any]]:
 
     A part is the attack bundle restricted to its units; a unit's result (and its fingerprint)
     does not depend on which other units run with it (its seed derives from its own name), so the
-    parts' unit files are exactly the units of the whole evaluation, which then only reuses them.
+    parts' unit files are exactly the units of the whole evaluation, which then only reuses them. The
+    gradient-masking audit judges the whole evaluation's white-box attack (`units.audited_attack`): its
+    units run in the part of that attack on the point head, and in no other part.
     """
+    from diskrobust.robustness.units import audited_attack
     from diskrobust.robustness.workflow import attack_bundle_args, load_sweep_config
 
     files, settings = attack_bundle_args(ATTACK_BUNDLE, {"profile": cfg.evaluation.get("profile"),
                                                          "sweep_overrides": cfg.evaluation.get("sweep_overrides", {})})
     sweep = load_sweep_config(*files, overrides=settings)
+    audited = audited_attack(sweep) if sweep.audit.enabled else None
     parts = []
     if sweep.ind.enabled:
-        parts += [{"ind#attacks": [a], "ind#heads": [h], "ood#enabled": False}
+        parts += [{"ind#attacks": [a], "ind#heads": [h], "ood#enabled": False,
+                   "audit#enabled": (a, h) == (audited, "points")}
                   for a in sweep.ind.attacks for h in sweep.ind.heads]
     if sweep.ood.enabled:
-        parts += [{"ind#enabled": False, "ood#starts": [s], "ood#heads": [h]}
+        parts += [{"ind#enabled": False, "ood#starts": [s], "ood#heads": [h], "audit#enabled": False}
                   for s in sweep.ood.starts for h in sweep.ood.heads]
     return [{**settings, **part} for part in parts]  # `#` ids: a part overrides only its own ids
 
