@@ -1,8 +1,8 @@
 """Which OOD detector survives an adaptive OOD attack? The budget the attack needs, per detector. Phantom, CPU.
 
     python benchmarks/ood_detector_budget.py --data /tmp/ood18/ph --ckpt /tmp/ood18/net.pt --seed 0 \
-        [--starts uniform_noise natural --n-targets 3 --steps 100 --iterations 5 --rms-max 0.5 \
-         --weights 0 1 10 --oe-iters 200 --fixed-rms 0.03 0.1 0.3 --out docs/images/ood_detector_budget]
+        [--starts uniform_noise natural --n-targets 2 --steps 100 --iterations 5 --rms-max 0.5 \
+         --weights 1 10 0 --oe-iters 120 --oe-path oe.pt --fixed-rms 0.1 --out docs/images/ood_detector_budget]
 
 The network (DiskShapeNet width 8, 64 px; --ckpt from `benchmarks/ood_detector_adaptive.py --save-ckpt`)
 is frozen. Detectors are fitted on its training patches plus shape-augmented ones: Mahalanobis on
@@ -88,17 +88,21 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--fit-augmented", type=int, default=256)
     parser.add_argument("--starts", nargs="+", default=["uniform_noise", "natural"])
-    parser.add_argument("--n-targets", type=int, default=3)
+    parser.add_argument("--n-targets", type=int, default=2)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--attack-lr", type=float, default=0.01)
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--rms-max", type=float, default=0.5)
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 10.0])
+    parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 10.0, 0.0],
+                        help="detector weights tried in this order at each budget (0: non-adaptive)")
     parser.add_argument("--fpr", type=float, default=0.05)
-    parser.add_argument("--oe-iters", type=int, default=200)
-    parser.add_argument("--fixed-rms", type=float, nargs="*", default=[0.03, 0.1, 0.3])
-    parser.add_argument("--detectors", nargs="+", default=["Mahalanobis", "input stats", "head agreement",
-                                                           "outlier exposure", "ensemble"])
+    parser.add_argument("--oe-iters", type=int, default=120)
+    parser.add_argument("--oe-path", default=None, help="outlier-exposure detector file: loaded if it exists, "
+                                                         "else trained and saved there")
+    parser.add_argument("--fixed-rms", type=float, nargs="*", default=[0.1])
+    parser.add_argument("--detectors", nargs="+", default=["input stats", "head agreement", "outlier exposure",
+                                                           "ensemble"],
+                        help="of: Mahalanobis, input stats, head agreement, outlier exposure, ensemble")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/images/ood_detector_budget")
     args = parser.parse_args(argv)
@@ -133,11 +137,16 @@ def main(argv=None):
     heads = HeadAgreementDetector(net)
     oe = OutlierExposureDetector(width=8)
     need_oe = "outlier exposure" in args.detectors or "ensemble" in args.detectors
-    if need_oe:
+    if need_oe and args.oe_path and Path(args.oe_path).is_file():
+        oe = OutlierExposureDetector.load(args.oe_path)
+        print(f"outlier exposure detector loaded from {args.oe_path}")
+    elif need_oe:
         torch.manual_seed(args.seed)
         oe = OutlierExposureDetector(width=8)
         fit_targets = targets_from_model(net, fit_images)
         train_outlier_exposure(oe, net, fit_images, fit_targets, iterations=args.oe_iters, seed=args.seed, log=print)
+        if args.oe_path:
+            oe.save(args.oe_path)
     for name, det in (("input stats", stats), ("head agreement", heads), ("outlier exposure", oe)):
         if name in args.detectors:
             built[name] = det
