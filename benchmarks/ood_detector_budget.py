@@ -14,7 +14,9 @@ then checked on the first phantom's validation + test patches.
 Measured per detector (`detector_budget_comparison`): the median per-pixel RMS budget the adaptive
 OOD attack needs for "fooled (Tolerance: point distance <= 1 px, seg Dice >= 0.8) and undetected",
 against the budget for "fooled" without a detector; the ratio (goal >= 5); the success curve (PNG); and
-AUROC / detection / joint success at fixed budgets, non-adaptive (w=0) and adaptive (`evaluate_detector`).
+AUROC / detection / joint success at fixed budgets, non-adaptive (w=0) and adaptive (`evaluate_detector`);
+and the straight-line attack (`straight_line_budget`: the cheapest point on the line from the start to the
+target's own IND patch that is fooled and undetected), an upper bound where the gradient attack stalls.
 Writes <out>_seed<k>.json and <out>_seed<k>.png.
 """
 
@@ -42,7 +44,7 @@ from diskrobust.defenses import (EnsembleDetector, HeadAgreementDetector, InputS
                                  threshold_at_tpr, train_outlier_exposure)
 from diskrobust.networks import DiskShapeNet  # noqa: E402
 from diskrobust.robustness.ood_budget import (Tolerance, detector_budget_comparison, rms_to_l2,  # noqa: E402
-                                              start_images)
+                                              start_images, straight_line_budget)
 from diskrobust.transforms import ShapePCA  # noqa: E402
 
 
@@ -103,6 +105,8 @@ def main(argv=None):
     parser.add_argument("--detectors", nargs="+", default=["input stats", "head agreement", "outlier exposure",
                                                            "ensemble"],
                         help="of: Mahalanobis, input stats, head agreement, outlier exposure, ensemble")
+    parser.add_argument("--line-only", action="store_true", help="only the straight-line attack (no gradient "
+                                                                  "bisection, no fixed budgets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/images/ood_detector_budget")
     args = parser.parse_args(argv)
@@ -168,6 +172,19 @@ def main(argv=None):
     targets = targets_from_model(net, eval_ind[:args.n_targets])
     starts = {k: start_images(k, args.n_targets, (size, size), args.seed) for k in args.starts}
     tol = Tolerance()
+    # the straight-line attack to each target's own IND patch: gradient-free, upper-bounds the budget
+    line = {name: {kind: straight_line_budget(net, x, eval_ind[:args.n_targets], targets, tol,
+                                              *(specs[name][:2] if name in specs else ())).tolist()
+                   for kind, x in starts.items()} for name in ["none", *specs]}
+    for name, by_kind in line.items():
+        print(f"straight line | {name} | " + ", ".join(f"{k}: {[round(v, 4) for v in vals]}"
+                                                     for k, vals in by_kind.items()))
+    if args.line_only:
+        out = Path(f"{args.out}_seed{args.seed}_line.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"args": vars(args), "straight_line": line}, indent=1))
+        print(f"wrote {out}; wall {time.perf_counter() - wall:.0f} s")
+        return
     t0 = time.perf_counter()
     result = detector_budget_comparison(net, specs, starts, targets, tol, args.rms_max, args.iterations, args.steps,
                                         args.attack_lr, args.weights, args.seed, log=print)
@@ -217,7 +234,7 @@ def main(argv=None):
              f"threshold at {args.fpr:.0%} FPR; {tol.text()}")
     plot(result, out.with_suffix(".png"), title)
     with open(out.with_suffix(".json"), "w") as f:
-        json.dump({"args": vars(args), "fpr_held_out": fpr_rows,
+        json.dump({"args": vars(args), "fpr_held_out": fpr_rows, "straight_line": line,
                    "thresholds": {k: v[1] for k, v in specs.items()}, "scales": {k: v[2] for k, v in specs.items()},
                    "summaries": result["summaries"], "ratios": result["ratios"],
                    "ratio_lower_bounds": result["ratio_lower_bounds"], "curves": result["curves"],

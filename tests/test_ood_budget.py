@@ -10,7 +10,8 @@ from torch import nn
 
 from diskrobust.robustness.ood_budget import (BUDGET_COLUMNS, JOINT_COLUMNS, Tolerance, budget_markdown,
                                               budget_ratio, budget_summary, detector_budget_comparison, l2_to_rms,
-                                              measure, minimal_ood_budget, rms_to_l2, success_curve)
+                                              measure, minimal_ood_budget, rms_to_l2, straight_line_budget,
+                                              success_curve)
 
 P = 64  # contour points (fewer than 176 so that 2P outputs fit in 16 x 16 pixels)
 
@@ -263,3 +264,24 @@ def test_detector_budget_comparison_ratio_on_the_toy():
     assert out["curves"]["none"]["toy_start"] == [0.0, 1.0]
     assert budget_ratio({"rms_median": math.inf}, {"rms_median": 0.1}) == math.inf
     assert math.isnan(budget_ratio({"rms_median": 0.2}, {"rms_median": math.inf}))
+
+
+def test_straight_line_budget_matches_the_closed_form():
+    # on the line x + t (p - x): the linear net's residual to pred(p) shrinks as (1 - t), the linear
+    # detector's score moves linearly, so the first good t is the larger of the two thresholds
+    size, tau = 16, 1.0
+    net, x, _, det, threshold, _ = _toy_joint(size)
+    g = torch.Generator().manual_seed(7)
+    p = 0.5 + 0.2 * (torch.rand(x.shape, generator=g) - 0.5)
+    p = p - ((det(p) - threshold + 0.05)[:, None] * det.u).view_as(p)  # the source patches pass the detector
+    with torch.no_grad():
+        targets = {"points": net(p)["pred"]}
+        mpd0 = (net(x)["pred"] - targets["points"]).norm(dim=-1).mean(-1)
+    s0, s1 = det(x), det(p)
+    t_star = torch.maximum(1 - tau / mpd0, (s0 - threshold) / (s0 - s1)).clamp(0, 1)
+    truth = (t_star * (p - x).flatten(1).norm(dim=1) / size).numpy()
+    got = straight_line_budget(net, x, p, targets, Tolerance(tau, None), det, threshold, points=400)
+    step = ((p - x).flatten(1).norm(dim=1) / size / 400).numpy()
+    assert np.all(got >= truth - 1e-6) and np.all(got <= truth + step + 1e-6)
+    plain = straight_line_budget(net, x, p, targets, Tolerance(tau, None), points=400)
+    assert np.all(plain < got)  # without the detector only the fooling threshold counts

@@ -40,7 +40,7 @@ from diskrobust import metrics
 
 __all__ = ["Tolerance", "BUDGET_COLUMNS", "JOINT_COLUMNS", "rms_to_l2", "l2_to_rms", "measure", "minimal_ood_budget",
            "success_curve", "budget_summary", "budget_ratio", "detector_budget_comparison", "budget_markdown",
-           "finding_rows", "OodBudgetConfig", "START_KINDS", "start_images", "run_ood_budget"]
+           "finding_rows", "OodBudgetConfig", "START_KINDS", "start_images", "run_ood_budget", "straight_line_budget"]
 
 START_KINDS = ("uniform_noise", "box_noise", "natural")
 
@@ -472,3 +472,38 @@ def detector_budget_comparison(model: nn.Module, detectors: Mapping[str, tuple],
             bounds[name][kind] = rms_max / base if math.isfinite(base) and base > 0 else math.nan
     return {"rows": rows, "summaries": summaries, "ratios": ratios, "ratio_lower_bounds": bounds, "curves": curves,
             "curve_rms": [float(b) for b in curve_rms], "tolerance": tolerance.text()}
+
+
+@torch.no_grad()
+def straight_line_budget(model: nn.Module, start_images: torch.Tensor, source_images: torch.Tensor,
+                         targets: Mapping[str, torch.Tensor], tolerance: Tolerance = Tolerance(), detector=None,
+                         threshold: float | None = None, points: int = 64) -> np.ndarray:
+    """Per start, the RMS budget of the cheapest point on the straight line from the start image to the
+    IND patch the target came from that is within tolerance (and, with a detector, scores <= threshold).
+
+    A gradient-free attack that knows the detector only through its threshold: x + t (p - x) for t on a
+    grid of `points` steps in (0, 1]; at t = 1 the image *is* the source patch, so a target whose own
+    patch the detector accepts is always reached, at most at RMS ||p - x||. It upper-bounds the
+    needed budget where a gradient attack stalls (e.g. on a detector term that is hard to descend).
+    Returns (B,) needed RMS, inf where no point on the line succeeds.
+    """
+    x = torch.as_tensor(start_images)
+    p = torch.as_tensor(source_images).to(x)
+    if x.shape != p.shape:
+        raise ValueError(f"start images {tuple(x.shape)} and source images {tuple(p.shape)} differ in shape")
+    if detector is not None and (threshold is None or not math.isfinite(threshold)):
+        raise ValueError("a detector needs a finite threshold")
+    device = next(model.parameters()).device
+    ts = torch.linspace(0.0, 1.0, int(points) + 1)
+    out = np.full(x.shape[0], math.inf)
+    pixels = x[0].numel()
+    for i in range(x.shape[0]):
+        line = (x[i:i + 1] + ts.view(-1, 1, 1, 1) * (p[i:i + 1] - x[i:i + 1])).to(device)
+        tgt = {k: torch.as_tensor(v[i:i + 1]).to(device).expand(len(ts), *v.shape[1:]) for k, v in targets.items()}
+        ok = measure(model, line, tgt, tolerance)["success"]
+        if detector is not None:
+            ok &= detector(line).reshape(-1).cpu().numpy() <= threshold
+        hits = np.flatnonzero(ok)
+        if hits.size:
+            out[i] = float(ts[hits[0]]) * float((p[i] - x[i]).norm()) / math.sqrt(pixels)
+    return out
