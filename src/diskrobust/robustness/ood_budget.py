@@ -439,8 +439,9 @@ def detector_budget_comparison(model: nn.Module, detectors: Mapping[str, tuple],
             attack's detector term (so one set of weights suits every detector).
         starts: {kind: (n, 1, H, W)} start images; targets: {"points": (n, P, 2), "mask": ...}, the i-th
             start of every kind aims at target i.
-    Returns {"rows": [...] (each with "detector": name or "none"), "summaries": {name: {kind: summary}},
-    "ratios": {name: {kind: median ratio vs none}}, "ratio_lower_bounds": {name: {kind}}, "curves":
+    Returns {"rows": [...] (each with "detector": name or "none"), "summaries": {name: {kind: summary}}
+    (also "none (any attack)": per target the least budget at which any arm fooled the network),
+    "ratios": {name: {kind: median ratio vs "none (any attack)"}}, "ratio_lower_bounds": {name: {kind}}, "curves":
     {name: {kind: [fraction reached at each curve_rms]}}, "curve_rms", "tolerance"}.
     """
     arms = {"none": None, **detectors}
@@ -463,12 +464,22 @@ def detector_budget_comparison(model: nn.Module, detectors: Mapping[str, tuple],
             if log is not None:
                 s = summaries[name][kind]
                 log(f"{name} / {kind}: median RMS {s['rms_median']:.4f}, reached {s['reached']:.0%}")
+    # fooled and undetected implies fooled: where an attack with a detector term fooled the network
+    # at a budget the plain attack missed (its success need not be monotone in the budget), that
+    # budget is the undefended one too; the ratios divide by this tighter baseline
+    base_rows = {}
+    for r in rows:
+        key = (r["start"], r["sample_id"])
+        if key not in base_rows or float(r["rms_needed"]) < float(base_rows[key]["rms_needed"]):
+            base_rows[key] = {**r, "detector": "none (any attack)"}
+    summaries["none (any attack)"] = {kind: budget_summary([v for (k, _), v in base_rows.items() if k == kind])
+                                      for kind in starts}
     ratios, bounds = {}, {}
     for name in detectors:
         ratios[name], bounds[name] = {}, {}
         for kind in starts:
-            ratios[name][kind] = budget_ratio(summaries[name][kind], summaries["none"][kind])
-            base = summaries["none"][kind]["rms_median"]
+            ratios[name][kind] = budget_ratio(summaries[name][kind], summaries["none (any attack)"][kind])
+            base = summaries["none (any attack)"][kind]["rms_median"]
             bounds[name][kind] = rms_max / base if math.isfinite(base) and base > 0 else math.nan
     return {"rows": rows, "summaries": summaries, "ratios": ratios, "ratio_lower_bounds": bounds, "curves": curves,
             "curve_rms": [float(b) for b in curve_rms], "tolerance": tolerance.text()}
