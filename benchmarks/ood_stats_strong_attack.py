@@ -23,7 +23,8 @@ data, ckpt = sys.argv[1], sys.argv[2]
 dl = f"{data}/datalist.json"; cl = f"{sys.argv[3] if len(sys.argv) > 3 else data + '_calib'}/datalist.json"
 tr = DiskPatchDataset(dl, "training", 64, 1.0)
 pca = ShapePCA.fit(tr.bank.points)
-fit = torch.cat([images_of(tr), images_of(ShapeAugmentedDataset(tr.bank, pca, n_modes=min(8, pca.num_modes), samples_per_epoch=256, seed=1))])
+fit = torch.cat([images_of(tr), images_of(ShapeAugmentedDataset(tr.bank, pca, n_modes=min(8, pca.num_modes),
+                                                                  samples_per_epoch=256, seed=1))])
 ev = torch.cat([images_of(DiskPatchDataset(dl, s, 64, 1.0)) for s in ("validation", "test")])
 cal = torch.cat([images_of(DiskPatchDataset(cl, s, 64, 1.0)) for s in ("training", "validation", "test")])
 net = DiskShapeNet(width=8, spatial_size=64); net.load_state_dict(torch.load(ckpt)); net.eval()
@@ -33,5 +34,8 @@ tg = targets_from_model(net, ev[:2]); x = start_images("uniform_noise", 2, (64, 
 print("start scores", detector_scores(det, x).tolist(), "threshold", thr)
 for steps, lr, ws in [(400, 0.01, (1.0, 10.0, 100.0)), (400, 0.03, (1.0, 10.0, 100.0))]:
     t = time.time()
-    rows = minimal_ood_budget(net, x, tg, Tolerance(), rms_max=0.5, iterations=1, steps=steps, lr=lr, detector=det, threshold=thr, detector_scale=scale, detector_weights=ws)
-    print(steps, lr, ws, [(r["reached"], r["rms_needed"], round(r["detector_score"], 2), round(r["point_distance_px"], 2), round(r["seg_dice"], 3)) for r in rows], f"{time.time()-t:.0f} s")
+    rows = minimal_ood_budget(net, x, tg, Tolerance(), rms_max=0.5, iterations=1, steps=steps, lr=lr, detector=det,
+                              threshold=thr, detector_scale=scale, detector_weights=ws)
+    print(steps, lr, ws, [(r["reached"], r["rms_needed"], round(r["detector_score"], 2),
+                           round(r["point_distance_px"], 2), round(r["seg_dice"], 3)) for r in rows],
+          f"{time.time() - t:.0f} s")
