@@ -1,6 +1,9 @@
-"""OOD detectors: Mahalanobis fit/score/save, differentiability, adaptive attack, honesty, AUROC."""
+"""OOD detectors: Mahalanobis fit/score/save, differentiability, adaptive attack, honesty, AUROC; the candidates
+of ood_robust (input statistics, outlier exposure with attacks, ensemble): FPR, gradients, files."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -9,8 +12,9 @@ import torch
 from diskrobust.attacks import OODAttack, targets_from_model, uniform_noise
 from diskrobust.datasets import DiskPatchDataset
 from diskrobust.data.errors import DataError
-from diskrobust.defenses import (HeadAgreementDetector, MahalanobisDetector, auroc, detection_rate, evaluate_detector,
-                                 ledoit_wolf_covariance, threshold_at_tpr)
+from diskrobust.defenses import (DetectorHinge, EnsembleDetector, HeadAgreementDetector, InputStatsDetector,
+                                 MahalanobisDetector, OutlierExposureDetector, auroc, detection_rate, detector_scores,
+                                 evaluate_detector, ledoit_wolf_covariance, threshold_at_tpr, train_outlier_exposure)
 from diskrobust.losses import DiskShapeLoss
 from diskrobust.networks import DiskShapeNet
 
@@ -201,3 +205,95 @@ def test_head_agreement_detector(trained):
     _assert_untouched(net, snap)
     with pytest.raises(ValueError, match="both"):
         HeadAgreementDetector(DiskShapeNet(width=8, spatial_size=SIZE, seg_head=False))
+
+
+# --- candidates meant to survive the adaptive attack (ood_robust) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def ind_streams(tiny_phantom):
+    """Three disjoint draws of shape-augmented IND patches (fit, calibration, held-out), 120 each: enough
+    patches for a 5 % false-positive rate to mean something, unlike the tiny phantom's 10 held-out ones."""
+    from diskrobust.datasets import ShapeAugmentedDataset
+    from diskrobust.transforms import ShapePCA
+
+    bank = DiskPatchDataset(tiny_phantom / "datalist.json", "training", SIZE, SPACING).bank
+    pca = ShapePCA.fit(bank.points)
+    return [_images(ShapeAugmentedDataset(bank, pca, n_modes=min(4, pca.num_modes), samples_per_epoch=120, seed=s))
+            for s in (11, 12, 13)]
+
+
+def _held_out_fpr(detector, calib, held_out, fpr=0.05):
+    threshold = threshold_at_tpr(detector_scores(detector, calib), 1 - fpr)
+    return detection_rate(detector_scores(detector, held_out), threshold), threshold
+
+
+def test_input_stats_detector_fpr_gradient_and_file(tmp_path, ind_streams, trained):
+    fit, calib, held_out = ind_streams
+    det = InputStatsDetector().fit(fit)
+    rate, threshold = _held_out_fpr(det, calib, held_out)
+    # 5 % of 120 exchangeable held-out patches: 6 expected; 1-14 covers the binomial spread
+    assert 1 / 120 <= rate <= 14 / 120
+    noise = uniform_noise(4, SIZE, generator=torch.Generator().manual_seed(4))
+    assert (det(noise) > threshold).all()
+    x = held_out[:2].clone().requires_grad_(True)
+    det(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    loaded = InputStatsDetector.load(det.save(tmp_path / "stats.npz"))
+    assert torch.allclose(loaded(held_out[:4]), det(held_out[:4]), rtol=1e-5, atol=1e-5)
+    bad = tmp_path / "stats_bad.npz"
+    np.savez(bad, format="diskrobust-mahalanobis/1")
+    with pytest.raises(DataError, match="stats_bad.npz"):
+        InputStatsDetector.load(bad)
+
+
+def test_outlier_exposure_trains_on_attacked_outliers_and_leaves_the_model_alone(tmp_path, trained, ind_streams):
+    net, images, held_out = trained
+    snap = _snapshot(net)
+    torch.manual_seed(0)
+    det = OutlierExposureDetector(width=4)
+    targets = targets_from_model(net, images)
+    losses = train_outlier_exposure(det, net, ind_streams[0], targets, iterations=20, batch=8, attack_steps=2,
+                                    seed=0)
+    _assert_untouched(net, snap)
+    assert len(losses) == 20 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert not det.training
+    noise = uniform_noise(8, SIZE, generator=torch.Generator().manual_seed(9))
+    assert auroc(detector_scores(det, held_out), detector_scores(det, noise)) >= 0.9
+    x = held_out[:2].clone().requires_grad_(True)
+    det(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    loaded = OutlierExposureDetector.load(det.save(tmp_path / "oe.pt"))
+    assert torch.allclose(loaded.score(held_out[:3]), det.score(held_out[:3]))
+    (tmp_path / "oe_bad.pt").write_bytes(b"junk")
+    with pytest.raises(DataError, match="oe_bad.pt"):
+        OutlierExposureDetector.load(tmp_path / "oe_bad.pt")
+
+
+def test_ensemble_splits_the_false_positive_rate_and_is_differentiable(tmp_path, trained, ind_streams):
+    net, _, _ = trained
+    fit, calib, held_out = ind_streams
+    members = {"input stats": InputStatsDetector().fit(fit), "head agreement": HeadAgreementDetector(net)}
+    ens = EnsembleDetector(members).calibrate(calib, fpr=0.05)
+    assert ens.heads is None  # head agreement reads the network's outputs
+    # union bound: each member flags at most 2.5 % of the calibration set, the ensemble at most 5 %
+    assert detection_rate(detector_scores(ens, calib), 0.0) <= 0.05 + 1e-9
+    assert detection_rate(detector_scores(ens, held_out), 0.0) <= 14 / 120
+    x = held_out[:2].clone().requires_grad_(True)
+    ens(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    path = ens.save_calibration(tmp_path / "ens.npz")
+    again = EnsembleDetector(members).load_calibration(path)
+    assert again.thresholds == ens.thresholds and again.scales == ens.scales
+    with pytest.raises(DataError, match="ens.npz"):
+        EnsembleDetector({"input stats": members["input stats"]}).load_calibration(path)
+
+
+def test_detector_hinge_is_zero_once_safely_below_the_threshold():
+    def det(images, outputs=None):
+        return images.flatten(1).mean(1)
+
+    hinge = DetectorHinge(det, threshold=0.5, scale=0.1, margin=0.5)
+    x = torch.tensor([0.0, 0.44, 0.5, 0.9]).view(4, 1, 1, 1)
+    assert torch.allclose(hinge(x), torch.tensor([0.0, 0.0, 0.5, 4.5]), atol=1e-6)
+    with pytest.raises(ValueError, match="finite threshold"):
+        DetectorHinge(det, threshold=math.inf)

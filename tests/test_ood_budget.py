@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diskrobust.robustness.ood_budget import (BUDGET_COLUMNS, Tolerance, budget_markdown, budget_summary,
-                                              l2_to_rms, measure, minimal_ood_budget, rms_to_l2, success_curve)
+from diskrobust.robustness.ood_budget import (BUDGET_COLUMNS, JOINT_COLUMNS, Tolerance, budget_markdown,
+                                              budget_ratio, budget_summary, detector_budget_comparison, l2_to_rms,
+                                              measure, minimal_ood_budget, rms_to_l2, straight_line_budget,
+                                              success_curve)
 
 P = 64  # contour points (fewer than 176 so that 2P outputs fit in 16 x 16 pixels)
 
@@ -186,3 +188,108 @@ def test_run_ood_budget_on_the_real_network_and_the_profile_section(repo_root):
         assert r["delta_l2"] <= rms_to_l2(section["rms_max"], (32, 32)) + 1e-4
         assert math.isfinite(r["start_point_distance_px"])
     assert all(len(c) == len(section["curve_rms"]) for c in out["curves"].values())
+
+
+class _OrthogonalDetector:
+    """score = <x - 0.5, u> with a unit u orthogonal to the toy net's rows: the net cannot see it, and
+    lowering the score by d costs exactly L2 d, independent of the fooling step."""
+
+    heads = ()
+
+    def __init__(self, net, size, seed=5):
+        g = torch.Generator().manual_seed(seed)
+        u = torch.randn(size * size, generator=g)
+        u = u - net.q.T @ (net.q @ u)
+        self.u = u / u.norm()
+
+    def __call__(self, images, outputs=None):
+        return (images.flatten(1) - 0.5) @ self.u
+
+
+def _toy_joint(size=16, d_rms=0.1):
+    net = LinearShapeNet(size)
+    x, targets = _problem(net, size)
+    det = _OrthogonalDetector(net, size)
+    s0 = det(x)
+    threshold = float(s0.max()) - d_rms * size  # the sample with the higher score needs L2 exactly d_rms * size
+    detect_rms = (s0 - threshold).clamp_min(0).numpy() / size
+    return net, x, targets, det, threshold, detect_rms
+
+
+def test_joint_budget_of_passing_the_detector_alone_is_exact():
+    # targets already met at the start: the joint budget is the detector's alone, (s0 - threshold) in L2
+    size = 16
+    net, x, _, det, threshold, detect_rms = _toy_joint(size)
+    with torch.no_grad():
+        on_target = {"points": net(x)["pred"] + 0.1}
+    rows = minimal_ood_budget(net, x, on_target, Tolerance(1.0, None), rms_max=0.5, iterations=9, steps=15,
+                              lr=_lr(net), optimizer="sgd", detector=det, threshold=threshold,
+                              detector_weights=(0.0, 1.0), detector_margin=0.0)
+    width = 0.5 / 2 ** 9
+    for r, b in zip(rows, detect_rms):
+        assert r["reached"] and r["detector_score"] <= threshold + 1e-6
+        assert r["rms_lo"] - 1e-4 <= b <= r["rms_needed"] + 1e-4 and r["rms_needed"] - r["rms_lo"] <= width + 1e-12
+        assert r["start_detector_score"] > threshold
+
+
+def test_adaptive_joint_attack_is_strictly_stronger_than_the_non_adaptive_one():
+    size, tau = 16, 1.0
+    net, x, targets, det, threshold, detect_rms = _toy_joint(size)
+    fool_rms = _analytic_rms(net, x, targets, tau, size)
+    # fooling and hiding act on orthogonal directions: the least L2 doing both is the hypotenuse
+    truth = np.sqrt(fool_rms ** 2 + detect_rms ** 2)
+    kw = dict(rms_max=0.5, iterations=8, steps=15, lr=_lr(net), optimizer="sgd", detector=det, threshold=threshold,
+              seed=0)
+    plain = minimal_ood_budget(net, x, targets, Tolerance(tau, None), detector_weights=(0.0,), **kw)
+    adaptive = minimal_ood_budget(net, x, targets, Tolerance(tau, None), detector_weights=(0.0, 1.0, 10.0), **kw)
+    assert [list(r) for r in adaptive] == [list(BUDGET_COLUMNS + JOINT_COLUMNS)] * 2
+    for p, a, b in zip(plain, adaptive, truth):
+        # the non-adaptive attack fools the net but never moves along u: detected at every budget
+        assert not p["reached"] and p["point_distance_px"] <= tau and p["detector_score"] > threshold
+        assert a["reached"] and a["detector_weight"] > 0 and a["detector_score"] <= threshold
+        # no attack beats the least-norm solution; the loss trade-off costs this one at most 20 %
+        assert b - 1e-3 <= a["rms_needed"] <= 1.2 * b
+    with pytest.raises(ValueError, match="finite threshold"):
+        minimal_ood_budget(net, x, targets, detector=det, threshold=None)
+
+
+def test_detector_budget_comparison_ratio_on_the_toy():
+    size, tau = 16, 1.0
+    net, x, targets, det, threshold, detect_rms = _toy_joint(size, d_rms=0.3)
+    out = detector_budget_comparison(net, {"toy": (det, threshold, 1.0)}, {"toy_start": x}, targets,
+                                     Tolerance(tau, None), rms_max=0.5, iterations=6, steps=15, lr=_lr(net),
+                                     curve_rms=(0.0, 0.5))
+    base = out["summaries"]["none (any attack)"]["toy_start"]["rms_median"]
+    assert base == out["summaries"]["none"]["toy_start"]["rms_median"]  # the plain attack was the cheapest
+    got = out["summaries"]["toy"]["toy_start"]["rms_median"]
+    assert out["ratios"]["toy"]["toy_start"] == pytest.approx(got / base)
+    assert out["ratios"]["toy"]["toy_start"] > 3  # hiding needs L2 0.3 per pixel, fooling about 0.065
+    assert out["curves"]["none"]["toy_start"] == [0.0, 1.0]
+    assert budget_ratio({"rms_median": math.inf}, {"rms_median": 0.1}) == math.inf
+    assert math.isnan(budget_ratio({"rms_median": 0.2}, {"rms_median": math.inf}))
+
+
+def test_straight_line_budget_matches_the_closed_form():
+    # on the line x + t (p - x): the linear net's residual to pred(p) shrinks as (1 - t), the linear
+    # detector's score moves linearly, so the first good t is the larger of the two thresholds
+    size, tau = 16, 1.0
+    net, x, _, det, threshold, _ = _toy_joint(size)
+    g = torch.Generator().manual_seed(7)
+    p = 0.5 + 0.9 * (torch.rand(x.shape, generator=g) - 0.5)
+    # both source patches pass the detector; for the first, hiding sets the budget, for the second, fooling
+    below = torch.tensor([0.05, 5.0])
+    p = p - ((det(p) - threshold + below)[:, None] * det.u).view_as(p)
+    with torch.no_grad():
+        targets = {"points": net(p)["pred"]}
+        mpd0 = (net(x)["pred"] - targets["points"]).norm(dim=-1).mean(-1)
+    s0, s1 = det(x), det(p)
+    t_fool, t_hide = 1 - tau / mpd0, (s0 - threshold) / (s0 - s1)
+    assert t_hide[0] > t_fool[0] > 0 and t_fool[1] > t_hide[1] > 0
+    t_star = torch.maximum(t_fool, t_hide)
+    truth = (t_star * (p - x).flatten(1).norm(dim=1) / size).numpy()
+    got = straight_line_budget(net, x, p, targets, Tolerance(tau, None), det, threshold, points=400)
+    step = ((p - x).flatten(1).norm(dim=1) / size / 400).numpy()
+    assert np.all(got >= truth - 1e-6) and np.all(got <= truth + step + 1e-6)
+    plain = straight_line_budget(net, x, p, targets, Tolerance(tau, None), points=400)
+    assert plain[0] < got[0]  # without the detector only the fooling threshold counts
+    assert plain[1] == pytest.approx(got[1])

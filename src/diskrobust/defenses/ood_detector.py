@@ -32,6 +32,35 @@ _FORMAT = "diskrobust-mahalanobis/1"
 _SQRT_EPS = 1e-8
 
 
+def read_npz(path: str | Path) -> dict:
+    """The arrays of a detector's .npz file; DataError(path, problem) if missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(str(path), "detector file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise DataError(str(path), f"not a readable .npz file ({e})") from e
+
+
+def write_npz(path: str | Path, state: Mapping) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz" to other suffixes
+        np.savez(f, **state)
+    return path
+
+
+def check_state(state: Mapping, keys: set[str], fmt: str, source: str) -> None:
+    """DataError(source, ...) unless `state` has all `keys` and its "format" is `fmt`."""
+    missing = keys - set(state)
+    if missing:
+        raise DataError(source, f"missing keys {sorted(missing)}")
+    if str(np.asarray(state["format"])) != fmt:
+        raise DataError(source, f"format {str(np.asarray(state['format']))!r}, expected {fmt!r}")
+
+
 def threshold_at_tpr(ind_scores, tpr: float = 0.95) -> float:
     """Score threshold that keeps a fraction `tpr` of in-distribution scores (B,) at or below it.
 
@@ -186,11 +215,7 @@ class MahalanobisDetector:
                 "shrinkage": np.float64(self.shrinkage), "num_samples": np.int64(self.num_samples)}
 
     def load_state_dict(self, state: Mapping, source: str = "state_dict") -> None:
-        missing = {"format", "stages", "mean", "precision", "shrinkage", "num_samples"} - set(state)
-        if missing:
-            raise DataError(source, f"missing keys {sorted(missing)}")
-        if str(np.asarray(state["format"])) != _FORMAT:
-            raise DataError(source, f"format {str(np.asarray(state['format']))!r}, expected {_FORMAT!r}")
+        check_state(state, {"format", "stages", "mean", "precision", "shrinkage", "num_samples"}, _FORMAT, source)
         stages = tuple(int(s) for s in np.asarray(state["stages"]).ravel())
         n = len(self.model.encoder)
         if any(not 0 <= s < n for s in stages):
@@ -207,22 +232,11 @@ class MahalanobisDetector:
         self._set(mean, precision, float(state["shrinkage"]), int(state["num_samples"]))
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz" to other suffixes
-            np.savez(f, **self.state_dict())
-        return path
+        return write_npz(path, self.state_dict())
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module) -> MahalanobisDetector:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(str(path), "detector file not found")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                state = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise DataError(str(path), f"not a readable .npz file ({e})") from e
+        state = read_npz(path)
         det = cls(model, stages=tuple(int(s) for s in np.asarray(state.get("stages", [-1])).ravel()) or (-1,))
         det.load_state_dict(state, source=str(path))
         return det

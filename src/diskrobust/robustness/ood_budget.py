@@ -38,9 +38,9 @@ from torch import nn
 
 from diskrobust import metrics
 
-__all__ = ["Tolerance", "BUDGET_COLUMNS", "rms_to_l2", "l2_to_rms", "measure", "minimal_ood_budget",
-           "success_curve", "budget_summary", "budget_markdown", "finding_rows", "OodBudgetConfig", "START_KINDS",
-           "start_images", "run_ood_budget"]
+__all__ = ["Tolerance", "BUDGET_COLUMNS", "JOINT_COLUMNS", "rms_to_l2", "l2_to_rms", "measure", "minimal_ood_budget",
+           "success_curve", "budget_summary", "budget_ratio", "detector_budget_comparison", "budget_markdown",
+           "finding_rows", "OodBudgetConfig", "START_KINDS", "start_images", "run_ood_budget", "straight_line_budget"]
 
 START_KINDS = ("uniform_noise", "box_noise", "natural")
 
@@ -49,6 +49,10 @@ BUDGET_COLUMNS = (
     "iterations", "steps", "start_point_distance_px", "start_seg_dice", "point_distance_px", "seg_dice",
     "delta_l2", "delta_rms",
 )
+
+# with a detector: its score on the start image and at the needed budget, the weight that got there
+# (nan at budget 0 or when not reached: the last weight tried), and the threshold
+JOINT_COLUMNS = ("start_detector_score", "detector_score", "detector_weight", "threshold")
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,9 @@ def minimal_ood_budget(model: nn.Module, start_images: torch.Tensor, targets: Ma
                        tolerance: Tolerance = Tolerance(), rms_max: float = 0.5, iterations: int = 7,
                        steps: int = 200, lr: float = 0.01, optimizer: str = "adamax", random_start: bool = False,
                        seed: int = 0, start: str = "", sample_ids: Sequence[int] | None = None,
-                       attack_targets: Sequence[str] | None = None,
+                       attack_targets: Sequence[str] | None = None, detector=None, threshold: float | None = None,
+                       detector_weights: Sequence[float] = (0.0, 1.0, 10.0), detector_scale: float = 1.0,
+                       detector_margin: float = 0.1,
                        on_target: Callable[[int, int], None] | None = None) -> list[dict]:
     """Per target, the smallest per-pixel RMS budget at which the OOD attack succeeds (module doc).
 
@@ -150,7 +156,14 @@ def minimal_ood_budget(model: nn.Module, start_images: torch.Tensor, targets: Ma
         attack_targets: the target keys the attack optimises (default: all given).
         on_target: called as on_target(targets done, targets) after each target (a CPU run spends
             minutes per setting: the study's progress view shows this count).
-    Returns one row per target with the columns of `BUDGET_COLUMNS`.
+        detector, threshold: with a detector (callable(images, outputs) -> (B,), higher = more OOD),
+            success is joint: within tolerance AND score <= threshold ("fooled and undetected"). At each
+            budget the attack is tried with every weight of `detector_weights` (0: the non-adaptive
+            attack) on the detector term `DetectorHinge(detector, threshold, detector_scale,
+            detector_margin)`, and the budget counts as reached if any weight succeeds: the weight is
+            the attacker's choice, not the defence's.
+    Returns one row per target with the columns of `BUDGET_COLUMNS` (with a detector also
+    `JOINT_COLUMNS`: the score at the needed budget and the weight that reached it).
     """
     from diskrobust.attacks import OODAttack
 
@@ -169,6 +182,18 @@ def minimal_ood_budget(model: nn.Module, start_images: torch.Tensor, targets: Ma
     ids = list(range(b)) if sample_ids is None else [int(i) for i in sample_ids]
     if len(ids) != b:
         raise ValueError(f"{len(ids)} sample ids for {b} start images")
+    if detector is not None:
+        from diskrobust.defenses.ood_robust import DetectorHinge
+
+        if threshold is None or not math.isfinite(threshold):
+            raise ValueError("a detector needs a finite threshold (e.g. threshold_at_tpr on held-out IND scores)")
+        if not detector_weights or any(not (math.isfinite(w) and w >= 0) for w in detector_weights):
+            raise ValueError(f"detector_weights must be finite numbers >= 0, got {list(detector_weights)}")
+        hinge = DetectorHinge(detector, threshold, detector_scale, detector_margin)
+        weights = [float(w) for w in detector_weights]
+    else:
+        hinge, weights = None, [0.0]
+    columns = BUDGET_COLUMNS + (JOINT_COLUMNS if detector is not None else ())
     device = next(model.parameters()).device
     shape = tuple(x_all.shape[1:])
     was_training = model.training
@@ -180,15 +205,29 @@ def minimal_ood_budget(model: nn.Module, start_images: torch.Tensor, targets: Ma
             tgt = {k: torch.as_tensor(v[i:i + 1]).to(device) for k, v in targets.items()}
             calls = 0
 
+            def judge(images: torch.Tensor, weight: float) -> dict:
+                m = measure(model, images, tgt, tolerance)
+                if detector is not None:
+                    with torch.no_grad():
+                        score = float(detector(images).reshape(-1)[0])
+                    m["success"] = m["success"] & (score <= threshold)
+                    m["detector_score"], m["detector_weight"] = score, weight
+                return m
+
             def attempt(rms: float):
                 nonlocal calls
                 calls += 1
-                attack = OODAttack(model, eps=rms_to_l2(rms, shape), steps=steps, lr=lr, optimizer=optimizer,
-                                   random_start=random_start, seed=_seed(seed, ids[i], calls), progress=False)
-                res = attack(x, {k: tgt[k] for k in keys})
-                return res.images, measure(model, res.images, tgt, tolerance)
+                for w in weights:  # the same seed for every weight: the tries differ only in the loss
+                    attack = OODAttack(model, eps=rms_to_l2(rms, shape), steps=steps, lr=lr, optimizer=optimizer,
+                                       random_start=random_start, seed=_seed(seed, ids[i], calls), progress=False,
+                                       detector=hinge if w > 0 else None, detector_weight=w)
+                    res = attack(x, {k: tgt[k] for k in keys})
+                    m = judge(res.images, w)
+                    if m["success"][0]:
+                        break
+                return res.images, m
 
-            m0 = measure(model, x, tgt, tolerance)
+            m0 = judge(x, math.nan)
             row = {"sample_id": ids[i], "start": start, "random_start": bool(random_start), "rms_max": float(rms_max),
                    "l2_max": rms_to_l2(rms_max, shape), "iterations": int(iterations), "steps": int(steps),
                    "start_point_distance_px": float(m0["point_distance_px"][0]),
@@ -213,7 +252,10 @@ def minimal_ood_budget(model: nn.Module, start_images: torch.Tensor, targets: Ma
                        l2_needed=rms_to_l2(hi, shape) if math.isfinite(hi) else math.inf,
                        point_distance_px=float(m_hi["point_distance_px"][0]), seg_dice=float(m_hi["seg_dice"][0]),
                        delta_l2=float(delta), delta_rms=l2_to_rms(delta, shape))
-            rows.append({k: row[k] for k in BUDGET_COLUMNS})
+            if detector is not None:
+                row.update(start_detector_score=m0["detector_score"], detector_score=m_hi["detector_score"],
+                           detector_weight=m_hi["detector_weight"], threshold=float(threshold))
+            rows.append({k: row[k] for k in columns})
             if on_target is not None:
                 on_target(i + 1, b)
     finally:
@@ -373,3 +415,111 @@ def run_ood_budget(model: nn.Module, test_images: torch.Tensor, config: OodBudge
             curves[label] = success_curve(got, cfg.curve_rms)
     return {"rows": rows, "summaries": summaries, "curves": curves, "curve_rms": list(cfg.curve_rms),
             "tolerance": cfg.tol.text(), "shape": size}
+
+
+def budget_ratio(defended: Mapping, undefended: Mapping) -> float:
+    """Median needed budget with the defence over without (two `budget_summary` results).
+
+    inf when the defended median was not reached within rms_max (then the true ratio is at least
+    rms_max / undefended median: `ratio_lower_bound`), nan when the undefended median is 0 or not reached.
+    """
+    base, got = float(undefended["rms_median"]), float(defended["rms_median"])
+    if not math.isfinite(base) or base <= 0:
+        return math.nan
+    return got / base
+
+
+def detector_budget_comparison(model: nn.Module, detectors: Mapping[str, tuple], starts: Mapping[str, torch.Tensor],
+                               targets: Mapping[str, torch.Tensor], tolerance: Tolerance = Tolerance(),
+                               rms_max: float = 0.5, iterations: int = 6, steps: int = 200, lr: float = 0.01,
+                               detector_weights: Sequence[float] = (0.0, 1.0, 10.0), seed: int = 0,
+                               curve_rms: Sequence[float] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5),
+                               log=None) -> dict:
+    """The OOD budget the attack needs without a detector ("fooled") and against each detector ("fooled
+    and undetected", adaptive: `minimal_ood_budget` with the detector, its threshold and its scale).
+
+    Args:
+        detectors: {name: (detector, threshold, scale)}: the score callable, the threshold at the wanted
+            false-positive rate (from held-out IND scores) and the IND spread that normalises the
+            attack's detector term (so one set of weights suits every detector).
+        starts: {kind: (n, 1, H, W)} start images; targets: {"points": (n, P, 2), "mask": ...}, the i-th
+            start of every kind aims at target i.
+    Returns {"rows": [...] (each with "detector": name or "none"), "summaries": {name: {kind: summary}}
+    (also "none (any attack)": per target the least budget at which any arm fooled the network),
+    "ratios": {name: {kind: median ratio vs "none (any attack)"}}, "ratio_lower_bounds": {name: {kind}}, "curves":
+    {name: {kind: [fraction reached at each curve_rms]}}, "curve_rms", "tolerance"}.
+    """
+    arms = {"none": None, **detectors}
+    rows, summaries, curves = [], {}, {}
+    for name, spec in arms.items():
+        summaries[name], curves[name] = {}, {}
+        for kind, x in starts.items():
+            kw = {}
+            if spec is not None:
+                det, thr, scale = spec
+                kw = dict(detector=det, threshold=float(thr), detector_scale=float(scale),
+                          detector_weights=detector_weights)
+            got = minimal_ood_budget(model, x, targets, tolerance, rms_max, iterations, steps, lr, seed=seed,
+                                     start=kind, **kw)
+            for r in got:
+                r["detector"] = name
+            rows += got
+            summaries[name][kind] = budget_summary(got)
+            curves[name][kind] = success_curve(got, curve_rms)
+            if log is not None:
+                s = summaries[name][kind]
+                log(f"{name} / {kind}: median RMS {s['rms_median']:.4f}, reached {s['reached']:.0%}")
+    # fooled and undetected implies fooled: where an attack with a detector term fooled the network
+    # at a budget the plain attack missed (its success need not be monotone in the budget), that
+    # budget is the undefended one too; the ratios divide by this tighter baseline
+    base_rows = {}
+    for r in rows:
+        key = (r["start"], r["sample_id"])
+        if key not in base_rows or float(r["rms_needed"]) < float(base_rows[key]["rms_needed"]):
+            base_rows[key] = {**r, "detector": "none (any attack)"}
+    summaries["none (any attack)"] = {kind: budget_summary([v for (k, _), v in base_rows.items() if k == kind])
+                                      for kind in starts}
+    ratios, bounds = {}, {}
+    for name in detectors:
+        ratios[name], bounds[name] = {}, {}
+        for kind in starts:
+            ratios[name][kind] = budget_ratio(summaries[name][kind], summaries["none (any attack)"][kind])
+            base = summaries["none (any attack)"][kind]["rms_median"]
+            bounds[name][kind] = rms_max / base if math.isfinite(base) and base > 0 else math.nan
+    return {"rows": rows, "summaries": summaries, "ratios": ratios, "ratio_lower_bounds": bounds, "curves": curves,
+            "curve_rms": [float(b) for b in curve_rms], "tolerance": tolerance.text()}
+
+
+@torch.no_grad()
+def straight_line_budget(model: nn.Module, start_images: torch.Tensor, source_images: torch.Tensor,
+                         targets: Mapping[str, torch.Tensor], tolerance: Tolerance = Tolerance(), detector=None,
+                         threshold: float | None = None, points: int = 64) -> np.ndarray:
+    """Per start, the RMS budget of the cheapest point on the straight line from the start image to the
+    IND patch the target came from that is within tolerance (and, with a detector, scores <= threshold).
+
+    A gradient-free attack that knows the detector only through its threshold: x + t (p - x) for t on a
+    grid of `points` steps in (0, 1]; at t = 1 the image *is* the source patch, so a target whose own
+    patch the detector accepts is always reached, at most at RMS ||p - x||. It upper-bounds the
+    needed budget where a gradient attack stalls (e.g. on a detector term that is hard to descend).
+    Returns (B,) needed RMS, inf where no point on the line succeeds.
+    """
+    x = torch.as_tensor(start_images)
+    p = torch.as_tensor(source_images).to(x)
+    if x.shape != p.shape:
+        raise ValueError(f"start images {tuple(x.shape)} and source images {tuple(p.shape)} differ in shape")
+    if detector is not None and (threshold is None or not math.isfinite(threshold)):
+        raise ValueError("a detector needs a finite threshold")
+    device = next(model.parameters()).device
+    ts = torch.linspace(0.0, 1.0, int(points) + 1)
+    out = np.full(x.shape[0], math.inf)
+    pixels = x[0].numel()
+    for i in range(x.shape[0]):
+        line = (x[i:i + 1] + ts.view(-1, 1, 1, 1) * (p[i:i + 1] - x[i:i + 1])).to(device)
+        tgt = {k: torch.as_tensor(v[i:i + 1]).to(device).expand(len(ts), *v.shape[1:]) for k, v in targets.items()}
+        ok = measure(model, line, tgt, tolerance)["success"]
+        if detector is not None:
+            ok &= detector(line).reshape(-1).cpu().numpy() <= threshold
+        hits = np.flatnonzero(ok)
+        if hits.size:
+            out[i] = float(ts[hits[0]]) * float((p[i] - x[i]).norm()) / math.sqrt(pixels)
+    return out
