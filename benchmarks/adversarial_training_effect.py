@@ -94,8 +94,19 @@ def main(argv=None):
     parser.add_argument("--compare", nargs="*", default=[], metavar="A:B:RATIO",
                         help="is arm A's error <= RATIO x arm B's? (paired, at every eps, 0 = clean)")
     parser.add_argument("--json-out", default=None, help="write every per-disk error here")
+    parser.add_argument("--from-json", default=None,
+                        help="summarise (and plot) a --json-out file of an earlier run instead of training")
+    parser.add_argument("--plot", default=None, help="clean vs PGD error per arm (PNG) with 95 %% intervals")
     args = parser.parse_args(argv)
+    if args.from_json:
+        results, args.arms = _load_results(args.from_json)
     comparisons = [_parse_comparison(c, args.arms, parser) for c in args.compare]
+    if args.from_json:
+        eps_list = sorted(next(iter(results.values()))[args.arms[0]]["errors"])
+        summarise(results, args.arms, eps_list, comparisons)
+        if args.plot:
+            plot(results, [*args.arms, "mean_shape"], eps_list, args.plot)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,8 +119,44 @@ def main(argv=None):
     eps_list = sorted(next(iter(results.values()))[args.arms[0]]["errors"])
     if len(seeds) > 1:
         summarise(results, args.arms, eps_list, comparisons)
+    if args.plot:
+        plot(results, [*args.arms, "mean_shape"], eps_list, args.plot)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+
+
+def _load_results(path: str) -> tuple[dict, list[str]]:
+    """{seed: {arm: {"seconds", "errors": {eps: [...]}}}} and the trained arms of a --json-out file."""
+    raw = json.loads(Path(path).read_text())
+    results = {int(seed): {arm: {"seconds": v["seconds"], "errors": {float(e): errs for e, errs in v["errors"].items()}}
+                           for arm, v in per_arm.items()} for seed, per_arm in raw["results"].items()}
+    arms = [a for a in raw["args"]["arms"]]
+    return results, arms
+
+
+def plot(results: dict, arms, eps_list, path: str) -> None:
+    """Clean error (x) against the PGD error at the largest eps (y), one point per arm with its 95 % intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    worst = max(eps_list)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for arm in arms:
+        clean = bootstrap_estimate(_matrix(results, arm, 0.0))
+        robust = bootstrap_estimate(_matrix(results, arm, worst))
+        ax.errorbar(clean.mean, robust.mean, xerr=[[clean.mean - clean.lo], [clean.hi - clean.mean]],
+                    yerr=[[robust.mean - robust.lo], [robust.hi - robust.mean]], fmt="o", capsize=3, label=arm)
+        ax.annotate(arm, (clean.mean, robust.mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("clean mean point distance (px)")
+    ax.set_ylabel(f"PGD eps {worst:g} mean point distance (px)")
+    ax.set_title(f"clean vs robust error, {len(results)} seeds, 95 % intervals")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot: {path}")
 
 
 def _parse_comparison(text: str, arms, parser) -> tuple[str, str, float]:
