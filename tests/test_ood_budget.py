@@ -126,6 +126,24 @@ def test_start_already_within_tolerance_and_unreachable_targets():
     assert success_curve(rows, [0.05, 1.0]) == [0.0, 0.0]
 
 
+def test_a_failure_at_the_largest_budget_does_not_censor_a_target_a_smaller_ball_reaches():
+    # Few, small steps from a random start: at rms_max the start lands too far out to be brought back, while
+    # a smaller ball (still larger than the closed-form need) is searched successfully. The search must not
+    # stop at the first failure and call the target unreachable.
+    size, tau = 16, 1.0
+    net = LinearShapeNet(size)
+    x, targets = _problem(net, size, shift=0.8)
+    truth = _analytic_rms(net, x, targets, tau, size)
+    kw = dict(steps=3, lr=0.05 * _lr(net), optimizer="sgd", random_start=True, seed=0)
+    at_max = minimal_ood_budget(net, x, targets, Tolerance(tau, None), rms_max=0.5, iterations=1, **kw)
+    assert all(r["point_distance_px"] > tau for r in at_max)  # the attack itself fails in the large ball
+    rows = minimal_ood_budget(net, x, targets, Tolerance(tau, None), rms_max=0.5, iterations=6, **kw)
+    for r, b in zip(rows, truth):
+        assert r["reached"] and r["point_distance_px"] <= tau
+        assert b <= r["rms_needed"] <= 0.05  # found below the failed large budgets, above the closed-form need
+        assert r["rms_lo"] < r["rms_needed"]
+
+
 def test_success_curve_summary_and_table():
     rows = [{"rms_needed": v, "rms_max": 0.5, "start_point_distance_px": 3.0} for v in (0.0, 0.1, 0.2, math.inf)]
     assert success_curve(rows, [0.0, 0.1, 0.15, 0.5]) == [0.25, 0.5, 0.5, 0.75]

@@ -12,10 +12,13 @@ Budgets are per pixel: an RMS r means an absolute L2 radius of r * sqrt(H * W) o
 "L2 40 at 128 x 128" is `l2_to_rms(40, (128, 128))` = 0.3125. Rows report both.
 
 The bisection assumes success is monotone in the budget (a larger ball holds the smaller one's
-solution; the optimiser usually finds it). Per target it checks the start image itself (budget 0:
-already within tolerance?), then the largest budget `rms_max` (not reached: the needed budget is
-reported as infinite, censored at rms_max), then halves [lo, hi] `iterations` times: the needed
-budget lies in (rms_lo, rms_needed], a bracket of width rms_max / 2**iterations. Run it once from
+solution), which the optimiser does not always honour: from a random start far out in a large ball
+it can fail where a smaller ball succeeds. Per target it checks the start image itself (budget 0:
+already within tolerance?), then the largest budget `rms_max`; if that fails it halves the budget
+until the attack succeeds (at most `iterations` times; a target that fails at every probed budget is
+reported as needing an infinite budget, censored at rms_max), then halves [lo, hi] with the
+iterations left: the needed budget lies in (rms_lo, rms_needed], a bracket of width
+rms_max / 2**iterations (rms_lo: the largest budget at which the attack failed below rms_needed). Run it once from
 the unperturbed start (`random_start=False`: the attack's first iterate is the start image) and
 once with the attack's random start inside the ball, and compare.
 
@@ -235,12 +238,18 @@ def minimal_ood_budget(model: nn.Module, start_images: torch.Tensor, targets: Ma
             if m0["success"][0]:
                 best, lo, hi, m_hi = x, 0.0, 0.0, m0
             else:
-                adv, m_max = attempt(rms_max)
-                if not m_max["success"][0]:
-                    best, lo, hi, m_hi = adv, float(rms_max), math.inf, m_max
+                best, m_hi = at_max = attempt(rms_max)
+                lo, hi, left = 0.0, float(rms_max), int(iterations)
+                # A failure at rms_max may be the optimiser's, not the budget's (a random start far out in a
+                # large ball is harder to bring back than a small ball's: seen on the phantom). Halve down
+                # until the attack succeeds; only a target that fails at every probed budget is censored.
+                while not m_hi["success"][0] and left > 0:
+                    hi, left = 0.5 * hi, left - 1
+                    best, m_hi = attempt(hi)
+                if not m_hi["success"][0]:  # censored: the row shows how close the largest budget came
+                    (best, m_hi), lo, hi = at_max, float(rms_max), math.inf
                 else:
-                    best, lo, hi, m_hi = adv, 0.0, float(rms_max), m_max
-                    for _ in range(int(iterations)):
+                    for _ in range(left):
                         mid = 0.5 * (lo + hi)
                         adv, m = attempt(mid)
                         if m["success"][0]:
