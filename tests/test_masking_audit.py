@@ -15,7 +15,7 @@ from torch import nn
 from diskrobust.attacks import PGD, SquareAttack, mean_point_distance
 from diskrobust.attacks.autoattack import point_distance_criterion
 from diskrobust.attacks.pgd import random_start
-from diskrobust.robustness.masking_audit import (Tolerance, audit, curves_from_rows, overall_status, to_json,
+from diskrobust.robustness.masking_audit import (AuditItem, Tolerance, audit, curves_from_rows, overall_status, to_json,
                                                  to_markdown)
 
 SIZE = 8
@@ -90,6 +90,16 @@ def test_gradient_masked_network_fails():
     report = to_markdown(list(items.values()))
     assert report.startswith("**Gradient-masking audit: FAIL**") and "| white_vs_query | fail |" in report
     assert json.loads(json.dumps(to_json(list(items.values()))))["status"] == "fail"
+
+
+def test_headline_says_pass_and_names_the_gaps_when_every_item_that_ran_passed():
+    ran = [AuditItem("monotone_in_eps", "pass", "holds"), AuditItem("white_vs_noise", "pass", "holds")]
+    gap = AuditItem("transfer", "skipped", "no surrogate")
+    assert overall_status(ran + [gap]) == "skipped"  # aggregate.json keeps the gap visible
+    assert to_markdown(ran + [gap]).startswith("**Gradient-masking audit: PASS, 1 of 3 skipped (transfer)**")
+    assert to_markdown([gap]).startswith("**Gradient-masking audit: SKIPPED**")  # nothing ran: no pass claimed
+    warned = ran + [gap, AuditItem("more_steps", "warn", "not converged")]
+    assert to_markdown(warned).startswith("**Gradient-masking audit: WARN**")
 
 
 def test_items_on_constructed_curves():
