@@ -67,6 +67,9 @@ def test_tables_have_one_row_per_arm_and_one_column_per_eps():
     ood = ood_table(results)
     assert sum(line.startswith("| P3-") for line in ood) == 2
     assert "| P3-std | uniform_noise | 40 | 4.00 |" in "\n".join(ood)
+    no_ood = {arm: {**agg, "groups": [g for g in agg["groups"] if g["sweep"] != "ood"]} for arm, agg in results.items()}
+    text = "\n".join(ood_table(no_ood))
+    assert "| arm | start |" not in text and "No arm ran the OOD attack at a fixed budget" in text
 
 
 @pytest.mark.slow

@@ -106,6 +106,12 @@ def ood_table(results: dict[Arm, dict]) -> list[str]:
             cells += [_fmt(g["metrics"][m]["mean"][i], 2 if m == "point_error_px" else 3) for m in OOD_METRICS]
             cells.append(_fmt(before, 2))
             lines.append("| " + " | ".join(cells) + " |")
+    if len(lines) == 6:
+        # an empty table reads as "the OOD attack ran and found nothing"; the findings profiles switch
+        # the fixed-budget sweep off on purpose and measure the OOD attack by the budget it needs
+        return lines[:2] + ["No arm ran the OOD attack at a fixed budget (the profile's evaluation has `ood.enabled` "
+                            "false); where the profile lists an `ood_budget`, the OOD attack is measured by the budget it "
+                            "needs: see the next section."]
     return lines
 
 
