@@ -92,10 +92,8 @@ def ind_table(results: dict[Arm, dict], metric: str, noise: dict[Arm, dict] | No
 
 def ood_table(results: dict[Arm, dict]) -> list[str]:
     """Per arm and start kind: how closely the attacked output matches its IND target (at the largest budget)."""
-    lines = ["### OOD attack: how closely the output on an attacked non-spine image matches the IND target", "",
-             "Lower point distance and higher Dice mean the network was fooled more completely.", "",
-             "| arm | start | L2 eps | " + " | ".join(OOD_METRICS.values()) + " | start-image distance (px) |",
-             "|---|---|---|" + "---|" * (len(OOD_METRICS) + 1)]
+    title = ["### OOD attack: how closely the output on an attacked non-spine image matches the IND target", ""]
+    rows = []
     for arm, agg in results.items():
         for g in agg.get("groups", []):
             if g["sweep"] != "ood":
@@ -105,14 +103,16 @@ def ood_table(results: dict[Arm, dict]) -> list[str]:
             cells = [arm.name, g["attack"], f"{g['eps'][i]:g}"]
             cells += [_fmt(g["metrics"][m]["mean"][i], 2 if m == "point_error_px" else 3) for m in OOD_METRICS]
             cells.append(_fmt(before, 2))
-            lines.append("| " + " | ".join(cells) + " |")
-    if len(lines) == 6:
+            rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
         # an empty table reads as "the OOD attack ran and found nothing"; the findings profiles switch
         # the fixed-budget sweep off on purpose and measure the OOD attack by the budget it needs
-        return lines[:2] + ["No arm ran the OOD attack at a fixed budget (the profile's evaluation has `ood.enabled` "
-                            "false); where the profile lists an `ood_budget`, the OOD attack is measured by the budget it "
-                            "needs: see the next section."]
-    return lines
+        return title + ["No arm ran the OOD attack at a fixed budget (the profile's evaluation has `ood.enabled` "
+                        "false); where the profile lists an `ood_budget`, the OOD attack is measured by the budget it "
+                        "needs: see the next section."]
+    return title + ["Lower point distance and higher Dice mean the network was fooled more completely.", "",
+                    "| arm | start | L2 eps | " + " | ".join(OOD_METRICS.values()) + " | start-image distance (px) |",
+                    "|---|---|---|" + "---|" * (len(OOD_METRICS) + 1)] + rows
 
 
 def plot_error_curves(results: dict[Arm, dict], out: Path) -> Path:
