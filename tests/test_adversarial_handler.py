@@ -312,3 +312,18 @@ def test_fast_arm_is_one_step_of_fgsm_with_random_start():
     assert delta.max() <= 0.05 + 1e-6 and 0.55 < on_face < 0.7, on_face
     # per iteration: the attack's forward with a graph, its scoring forward without, the training forward
     assert calls == [True, False, True] * 2, calls
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_adversarials_are_generated_in_the_handlers_precision(precision):
+    trainer = make_trainer()
+    dtypes = set()
+    trainer.network.stem.conv.register_forward_hook(
+        lambda mod, args, out: dtypes.add(out.dtype) if torch.is_grad_enabled() and not mod.training else None)
+    AdversarialTrainingHandler("adv_r", eps=0.1, steps=2, ramp_epochs=0, seed=1, precision=precision).attach(trainer)
+    trainer.run()
+    # the attack's gradient passes (eval mode, autograd on) ran in bf16 only when asked; training stayed fp32
+    assert dtypes == ({torch.bfloat16} if precision == "bf16" else {torch.float32})
+    assert getattr(trainer.state, "adv_loss_points") > 0
+    with pytest.raises(ValueError, match="precision must be one of"):
+        AdversarialTrainingHandler("adv_r", precision="half")

@@ -634,3 +634,26 @@ def test_chunking_gives_the_same_adversarials(trained):
     torch.testing.assert_close(b.losses, a.losses, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="chunk_size"):
         PGD(net, chunk_size=0)
+
+
+def test_pgd_in_bf16_runs_its_gradient_passes_in_bf16_and_reports_fp32(trained):
+    net, images, targets = trained
+    seen = []
+    hook = net.stem.conv.register_forward_hook(lambda mod, args, out: seen.append((torch.is_grad_enabled(), out.dtype)))
+    try:
+        res = PGD(net, eps=0.05, steps=3, objective="points", seed=0, precision="bf16")(images, targets)
+    finally:
+        hook.remove()
+    # the 3 gradient passes in bf16; the last iterate's scoring pass and the rescoring of the result in fp32
+    assert [dtype for grad, dtype in seen if grad and dtype == torch.bfloat16] and \
+        all(dtype == torch.float32 for grad, dtype in seen if not grad)
+    assert len([1 for grad, dtype in seen if not grad]) == 2
+    assert torch.equal(res.losses, sse_at(net, res.images, targets))  # reported in fp32, at the returned images
+    assert res.losses.dtype == torch.float32
+    assert (res.images - images).abs().max() <= 0.05 + 1e-6
+    fp32 = PGD(net, eps=0.05, steps=3, objective="points", seed=0)(images, targets)
+    # the same attack in either precision: far above the clean error, strength close to fp32's
+    assert res.losses.mean() > 2 * sse_at(net, images, targets).mean()
+    assert res.losses.mean().item() == pytest.approx(fp32.losses.mean().item(), rel=0.1)
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
+        PGD(net, precision="fp16")

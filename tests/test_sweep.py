@@ -107,6 +107,10 @@ def small_config(**over) -> dict:
     ({"tolerance_px": -1}, r"tolerance_px"),
     ({"epsilon": [0.1]}, r"unknown setting.*epsilon"),
     ({"ind": {"stesp": 5}}, r"unknown setting.*'ind#stesp' \(closest: 'ind#steps'"),
+    ({"chunk_size": -2}, r"chunk_size: must be a positive integer, 0 or null \(the whole batch\) or 'auto', got -2"),
+    ({"chunk_size": "fast"}, r"chunk_size: must be .* or 'auto', got 'fast'"),
+    ({"channels_last": "yes"}, r"channels_last: must be true, false or 'auto', got 'yes'"),
+    ({"chunk_sise": 4}, r"unknown setting.*'chunk_sise' \(closest: 'chunk_size'"),
 ])
 def test_bad_sweep_settings_are_refused(bad, match):
     with pytest.raises(ConfigError, match=match):
@@ -306,6 +310,79 @@ def test_changed_test_data_recomputes_units(tmp_path, data_and_model):
     # relabelled data (same pixels, other subject names) is other data too
     renamed = [{**it, "subject": "other-" + it["subject"]} for it in items]
     assert run_robustness_sweep(net, renamed, cfg, out, progress=False)["reused"] == []
+
+
+def _unit_rows(out, unit: str) -> list[dict]:
+    return json.loads((out / "units" / f"{unit}.json").read_text())["rows"]
+
+
+def _same_rows(a: list[dict], b: list[dict], tol: float = 1e-4) -> bool:
+    """Equal rows, numbers to `tol` (a BLAS kernel may round a sample differently at another batch size)."""
+    def close(x, y):
+        if isinstance(x, float) and isinstance(y, float):
+            return (math.isnan(x) and math.isnan(y)) or abs(x - y) <= tol * max(1.0, abs(y))
+        return x == y
+    return len(a) == len(b) and all(r.keys() == q.keys() and all(close(r[k], q[k]) for k in r) for r, q in zip(a, b))
+
+
+def test_chunked_attacks_match_the_whole_batch_and_auto_picks_a_timed_layout(tmp_path, data_and_model):
+    items, net = data_and_model
+    cfg = small_config(ind={"heads": ["points", "seg"], "eps": {"linf": [0.1]}, "steps": 3},
+                       ood={"starts": ["uniform_noise"], "steps": 4})
+    cfg["tensorboard_images"] = 0
+    whole = run_robustness_sweep(net, items, cfg, tmp_path / "whole", progress=False)
+    chunked = run_robustness_sweep(net, items, {**cfg, "chunk_size": 4}, tmp_path / "chunked", progress=False)
+    assert chunked["computed"] == whole["computed"]
+    for unit in whole["computed"]:  # 6 samples in chunks of 4 and 2: the same numbers
+        assert _same_rows(_unit_rows(tmp_path / "chunked", unit), _unit_rows(tmp_path / "whole", unit)), unit
+    # chunks are not part of a unit's identity: a resumed run (or a split evaluation's part) may chunk otherwise
+    again = run_robustness_sweep(net, items, {**cfg, "chunk_size": 2}, tmp_path / "chunked", progress=False)
+    assert again["reused"] == whole["computed"] and again["computed"] == []
+    log = [json.loads(line) for line in (tmp_path / "chunked" / "sweep.log").read_text().splitlines()]
+    start = [e for e in log if e["event"] == "start"][-1]
+    assert start["chunk_size"] == 2 and start["channels_last"] is False and start["layout_autotuned"] is False
+
+    auto = run_robustness_sweep(net, items, {**cfg, "chunk_size": "auto", "channels_last": False},
+                                tmp_path / "auto", progress=False)
+    layout = json.loads((tmp_path / "auto" / "config.json").read_text())["attack_layout"]
+    timed = layout["autotune_seconds"]
+    # batch 6: the whole batch and chunks of 4 (8 and 16 are not below 6), NCHW only, 2 timed rounds each
+    assert sorted(timed) == ["NCHW, chunks of 4", "NCHW, whole batch"] and all(len(v) == 2 for v in timed.values())
+    fastest = min(timed, key=lambda k: min(timed[k]))
+    assert fastest == ("NCHW, whole batch" if layout["chunk_size"] is None else f"NCHW, chunks of {layout['chunk_size']}")
+    for unit in auto["computed"]:
+        assert _same_rows(_unit_rows(tmp_path / "auto", unit), _unit_rows(tmp_path / "whole", unit)), unit
+    # resumed with "auto" again: the first run's choice is kept (not re-timed), so every unit is reused
+    resumed = run_robustness_sweep(net, items, {**cfg, "chunk_size": "auto", "channels_last": False},
+                                   tmp_path / "auto", progress=False)
+    assert resumed["reused"] == auto["computed"] and resumed["computed"] == []
+    again = json.loads((tmp_path / "auto" / "config.json").read_text())["attack_layout"]
+    assert again["chunk_size"] == layout["chunk_size"] and again["autotune_seconds"] == {}
+
+
+def test_channels_last_sweep_matches_nchw_to_rounding_and_is_cached_apart(tmp_path, data_and_model):
+    items, net = data_and_model
+    cfg = small_config(ind={"heads": ["points"], "eps": {"linf": [0.1]}, "steps": 3}, ood={"enabled": False})
+    cfg["tensorboard_images"] = 0
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    out = tmp_path / "run"
+    nchw = run_robustness_sweep(net, items, cfg, out, progress=False)
+    nchw_rows = {unit: _unit_rows(out, unit) for unit in nchw["computed"]}
+    cl = run_robustness_sweep(net, items, {**cfg, "channels_last": True}, out, progress=False)
+    # other float rounding: no unit of the NCHW run is taken for the channels_last run
+    assert cl["reused"] == [] and cl["computed"] == nchw["computed"] == ["clean", "ind/linf/points/eps0.100"]
+    clean_cl = [r["point_error_px"] for r in _unit_rows(out, "clean")]
+    assert clean_cl == pytest.approx([r["point_error_px"] for r in nchw_rows["clean"]], abs=1e-4)
+    # the same attack in the other layout is as strong (its sign steps may differ where a gradient is ~0)
+    adv = [np.mean([r["point_error_px"] for r in rows]) for rows in
+           (_unit_rows(out, "ind/linf/points/eps0.100"), nchw_rows["ind/linf/points/eps0.100"])]
+    assert adv[0] == pytest.approx(adv[1], rel=0.05) and adv[1] > np.mean(clean_cl) + 0.5
+    # the attacked network itself is untouched: layout, values, mode
+    assert all(p.is_contiguous() for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not net.training
+    rerun = run_robustness_sweep(net, items, {**cfg, "channels_last": True}, out, progress=False)
+    assert rerun["reused"] == cl["computed"]
 
 
 class _Interrupt(Exception):
@@ -591,3 +668,20 @@ def test_audit_settings_are_checked(repo_root):
     files, overrides = attack_bundle_args(evaluate.parents[1], {"sweep_overrides": {"audit": {"queries": 50}}})
     assert overrides == {"audit#queries": 50}
     assert load_sweep_config(*files, overrides=overrides).audit.queries == 50
+
+
+def test_bf16_pgd_units_are_keyed_apart_and_the_ensemble_is_refused():
+    from diskrobust.robustness.units import plan_units
+
+    def ind_params(**ind):
+        cfg = sweep_config.SweepConfig.from_dict(small_config(ind=ind))
+        return {u.key: u.params for u in plan_units(cfg, (SIZE, SIZE)) if u.sweep == "ind"}
+
+    fp32, bf16 = ind_params(), ind_params(precision="bf16")
+    assert fp32.keys() == bf16.keys() and all("precision" not in p for p in fp32.values())
+    assert all(p["precision"] == "bf16" for p in bf16.values())
+    with pytest.raises(ConfigError, match=r"ind#precision: 'bf16' is implemented for the PGD attacks .* "
+                                          r"\['autoattack_linf'\] would run in fp32"):
+        sweep_config.SweepConfig.from_dict(small_config(ind={"precision": "bf16", "attacks": ["linf", "autoattack_linf"]}))
+    with pytest.raises(ConfigError, match=r"ind#precision"):
+        sweep_config.SweepConfig.from_dict(small_config(ind={"precision": "fp16"}))

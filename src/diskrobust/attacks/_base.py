@@ -153,6 +153,17 @@ def run_model(model: nn.Module, images: torch.Tensor, heads: tuple[str, ...] | N
     return model(images)
 
 
+@torch.no_grad()
+def score(model: nn.Module, objective: Callable, heads: tuple[str, ...] | None, images: torch.Tensor,
+          targets: Mapping[str, torch.Tensor], chunk_size: int | None = None) -> torch.Tensor:
+    """The objective (B,) at `images`, in fp32, chunk by chunk."""
+    parts = []
+    for rows in chunks(images.shape[0], chunk_size):
+        outputs = run_model(model, images[rows], heads)
+        parts.append(objective(outputs, {k: v[rows] for k, v in targets.items()}))
+    return torch.cat(parts)
+
+
 class Attack:
     """Base class (the torchattacks template): `__call__` guards the network, `forward` does the work.
 

@@ -13,8 +13,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from diskrobust.compute import autocast, check_precision, float_outputs
+
 from ._base import (Attack, AttackResult, BestIterate, check_chunk_size, check_images, heads_of, make_generator,
-                    run_model, run_restarts)
+                    run_model, run_restarts, score)
 from .objectives import Objective, build_objective
 
 NORMS = ("linf", "l2")
@@ -124,6 +126,10 @@ class PGD(Attack):
             Every per-sample operation is independent of the others (GroupNorm, no batch statistics;
             starts drawn for the whole batch first), so this changes speed only - smaller working sets
             stay in cache (benchmarks/attack_chunking.py measures the best size for a machine).
+        precision: "fp32" | "bf16": the gradient passes run under torch.autocast (bfloat16; faster only
+            where the hardware has bf16 arithmetic). The last iterate's scoring pass and the returned
+            `losses` are fp32 (the returned images are rescored); the keep-best choice among the earlier
+            iterates uses their bf16 losses. benchmarks/precision_effect.py compares its strength with fp32.
 
     Only the network outputs the objective reads are computed (`objective.heads`, through the
     network's `forward_heads` when it has one): "points" skips DiskShapeNet's U-Net decoder.
@@ -137,9 +143,10 @@ class PGD(Attack):
                  objective: str | Objective = "points", point_loss: str = "sse", targeted: bool = False,
                  restarts: int = 1, clip: tuple[float, float] = (0.0, 1.0), keep_best: bool = True,
                  seed: int | None = None, generator: torch.Generator | None = None, progress: bool = False,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, precision: str = "fp32"):
         super().__init__(model, seed)
         self.chunk_size = check_chunk_size(chunk_size)
+        self.precision = check_precision(precision)
         self.generator = generator
         if int(steps) != steps or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps}")
@@ -167,9 +174,12 @@ class PGD(Attack):
         self.keep_best = bool(keep_best)
         self.progress = bool(progress)
 
-    def _loss(self, images: torch.Tensor, delta: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _loss(self, images: torch.Tensor, delta: torch.Tensor, targets: Mapping[str, torch.Tensor],
+              precision: str = "fp32") -> torch.Tensor:
         # The clamp makes the evaluated image exactly the returned one (x + delta may be off by an ulp).
-        return self.objective(run_model(self.model, (images + delta).clamp(*self.clip), self.heads), targets)
+        with autocast(images.device, precision):
+            outputs = run_model(self.model, (images + delta).clamp(*self.clip), self.heads)
+        return self.objective(float_outputs(outputs), targets)
 
     def forward(self, images: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> AttackResult:
         x = check_images(images, "PGD")
@@ -186,9 +196,12 @@ class PGD(Attack):
         def run(xs, delta, ts, best, rows, bar):
             self._run(xs, delta, ts, best, rows, bar, _rows_of(eps, rows), _rows_of(step, rows))
 
-        return run_restarts(x, targets, restarts=self.restarts, steps=self.steps, chunk_size=self.chunk_size,
-                            maximize=not self.targeted, clip=self.clip, name="PGD", progress=self.progress,
-                            start=start, run=run)
+        result = run_restarts(x, targets, restarts=self.restarts, steps=self.steps, chunk_size=self.chunk_size,
+                              maximize=not self.targeted, clip=self.clip, name="PGD", progress=self.progress,
+                              start=start, run=run)
+        if self.precision != "fp32":  # the reported losses are always the fp32 network's
+            result.losses = score(self.model, self.objective, self.heads, result.images, targets, self.chunk_size)
+        return result
 
     def _run(self, x: torch.Tensor, delta: torch.Tensor, targets: Mapping[str, torch.Tensor], best: BestIterate,
              rows: slice, bar, eps: Budget, step: Budget) -> None:
@@ -202,7 +215,7 @@ class PGD(Attack):
                     loss = self._loss(x, delta, targets)
             else:
                 delta.requires_grad_(True)
-                loss = self._loss(x, delta, targets)
+                loss = self._loss(x, delta, targets, self.precision)
                 (grad,) = torch.autograd.grad(loss.sum() * sign, delta)
                 delta.requires_grad_(False)
             if self.keep_best or last:

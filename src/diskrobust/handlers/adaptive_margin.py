@@ -58,7 +58,7 @@ class AdaptiveMarginTrainingHandler(AdversarialTrainingHandler):
             attacked image to the true points is <= this.
         identity: the batch keys that together name a disk (default `("subject", "level")`, what the
             bundle's datasets give); every key must be in every batch.
-        random_start, point_loss, seed, network, summary_writer, tag_prefix, chunk_size: as
+        random_start, point_loss, seed, network, summary_writer, tag_prefix, chunk_size, precision: as
             AdversarialTrainingHandler.
 
     After each iteration start, `engine.state` holds `adv_eps` (mean eps_i of the batch), `adv_eps_min`,
@@ -75,13 +75,15 @@ class AdaptiveMarginTrainingHandler(AdversarialTrainingHandler):
                  eps_step: float = 0.005, shrink_step: float | None = None, eps_init: float | None = None,
                  eps_min: float = 0.0, tolerance_px: float = 2.0, identity: Sequence[str] = ("subject", "level"),
                  random_start: bool = True, point_loss: str = "sse", seed: int = 0, network: nn.Module | None = None,
-                 summary_writer=None, tag_prefix: str = "adversarial", chunk_size: int | None = None):
+                 summary_writer=None, tag_prefix: str = "adversarial", chunk_size: int | None = None,
+                 precision: str = "fp32"):
         if mode != "ima":
             raise ValueError(f"AdaptiveMarginTrainingHandler runs adv_mode 'ima', got {mode!r}: drop "
                              "configs/train_ima.json from the config files for the other arms, or set --adv_mode ima")
         super().__init__(mode, eps=eps, steps=steps, step_size=step_size, ramp_epochs=None,
                          random_start=random_start, point_loss=point_loss, seed=seed, network=network,
-                         summary_writer=summary_writer, tag_prefix=tag_prefix, chunk_size=chunk_size)
+                         summary_writer=summary_writer, tag_prefix=tag_prefix, chunk_size=chunk_size,
+                         precision=precision)
         self.eps_step = float(eps_step)
         self.shrink_step = self.eps_step if shrink_step is None else float(shrink_step)
         self.eps_min = float(eps_min)
@@ -185,7 +187,8 @@ class AdaptiveMarginTrainingHandler(AdversarialTrainingHandler):
         step = eps * (self.step_size / self.eps) if self.eps > 0 else torch.zeros_like(eps)
         attack = PGD(network, eps=eps, steps=self.steps, step_size=step, norm="linf", random_start=self.random_start,
                      objective="points", point_loss=self.point_loss,
-                     generator=self._generator(device, engine.state.iteration), chunk_size=self.chunk_size)
+                     generator=self._generator(device, engine.state.iteration), chunk_size=self.chunk_size,
+                     precision=self.precision)
         result = attack(image, targets)
         with attack_context(network), torch.no_grad():
             pred = run_model(network, result.images, ("pred",))["pred"]

@@ -18,6 +18,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from diskrobust.attacks import PGD, unwrap_model
+from diskrobust.compute import check_precision
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class AdversarialTrainingHandler:
         summary_writer: optional TensorBoard SummaryWriter; per-iteration scalars under `tag_prefix`.
         tag_prefix: scalar tag prefix.
         chunk_size: PGD attacks the batch in chunks of this many samples (speed only; see docs/attacks.md).
+        precision: "fp32" | "bf16": PGD's gradient passes under bfloat16 autocast (`PGD(precision=...)`); the
+            bundle passes its training `precision`, so `--precision bf16` generates the adversarials in bf16 too.
 
     After each iteration start, `engine.state` holds the latest values as floats, for MONAI's
     TensorBoardStatsHandler(state_attributes=[...]): `adv_eps`; `adv_loss_points` (batch mean of the
@@ -85,7 +88,7 @@ class AdversarialTrainingHandler:
     def __init__(self, mode: str = "adv_r", eps: float = 0.07, steps: int = 20, step_size: float = 0.01,
                  ramp_epochs: int | None = 100, random_start: bool = True, point_loss: str = "sse",
                  seed: int = 0, network: nn.Module | None = None, summary_writer=None,
-                 tag_prefix: str = "adversarial", chunk_size: int | None = None):
+                 tag_prefix: str = "adversarial", chunk_size: int | None = None, precision: str = "fp32"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "ima" and not self.adaptive_margin:
@@ -107,6 +110,7 @@ class AdversarialTrainingHandler:
         self.summary_writer = summary_writer
         self.tag_prefix = tag_prefix
         self.chunk_size = chunk_size
+        self.precision = check_precision(precision)
 
     def attach(self, engine: Engine) -> None:
         if self.mode == "std":
@@ -148,11 +152,12 @@ class AdversarialTrainingHandler:
             if self.mode == "fast_r":
                 attack = PGD(network, eps=eps, steps=1, step_size=FAST_STEP_RATIO * eps, norm="linf",
                              random_start=True, objective=objective, point_loss=self.point_loss,
-                             keep_best=False, generator=generator, chunk_size=self.chunk_size)
+                             keep_best=False, generator=generator, chunk_size=self.chunk_size,
+                             precision=self.precision)
             else:
                 attack = PGD(network, eps=eps, steps=self.steps, step_size=self.step_size, norm="linf",
                              random_start=self.random_start, objective=objective, point_loss=self.point_loss,
-                             generator=generator, chunk_size=self.chunk_size)
+                             generator=generator, chunk_size=self.chunk_size, precision=self.precision)
             result = attack(image, targets)
             sets.append((objective, share, result.images, result.losses))
         return sets

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from diskrobust.bundle_checks import as_bool, check_number, closest
+from diskrobust.compute import PRECISIONS, check_channels_last, check_chunks
 from diskrobust.data.errors import ConfigError
 
 __all__ = [
@@ -102,6 +103,7 @@ class IndConfig:
     restarts: int = 1
     point_loss: str = "sse"
     queries: int = 1000  # Square queries per sample of the autoattack_* ensemble (0: APGD members only)
+    precision: str = "fp32"  # "bf16": PGD's gradient passes under autocast; every score stays fp32
     enabled: bool = True
 
     def validate(self, where: str = "ind#") -> IndConfig:
@@ -127,6 +129,12 @@ class IndConfig:
         self.random_start = as_bool(self.random_start, f"{where}random_start")
         self.point_loss = _choice(self.point_loss, _POINT_LOSSES, f"{where}point_loss")
         self.queries = check_number(self.queries, f"{where}queries", minimum=0, integer=True)
+        self.precision = _choice(self.precision, PRECISIONS, f"{where}precision")
+        ensembles = [a for a in self.attacks if a.startswith("autoattack")]
+        if self.precision != "fp32" and ensembles:
+            raise ConfigError(None, f"{where}precision", f"{self.precision!r} is implemented for the PGD attacks "
+                              f"(linf, l2) only; {ensembles} would run in fp32",
+                              "remove the autoattack_* attacks from ind#attacks or keep ind#precision fp32")
         return self
 
 
@@ -205,6 +213,14 @@ class SweepConfig:
     profile: the profile's name (reported; the settings themselves are what ran). num_samples: the first
     N test patches (None: all). tolerance_px: a sample is "within tolerance" if its mean point error is
     <= this. tensorboard_images: samples with images per budget in TensorBoard.
+    chunk_size: the attacks attack each batch in chunks of this many samples (None: the whole batch; "auto":
+    the fastest, measured once per run); the same arithmetic per sample for any value (bit-identical for
+    DiskShapeNet at 128 px; a BLAS kernel chosen by the row count may round otherwise), so not part of a
+    unit's fingerprint.
+    channels_last: attack and score a channels_last copy of the network (True, False or "auto": whichever
+    is faster, measured once per run). Same function, other convolution algorithms: the numbers differ at
+    float-rounding level, so a unit computed in one layout is not reused by a run in the other
+    (`diskrobust.attacks.layout`).
     """
 
     profile: str = "custom"
@@ -213,6 +229,8 @@ class SweepConfig:
     batch_size: int = 16
     tolerance_px: float = 2.0
     tensorboard_images: int = 4
+    chunk_size: int | str | None = None
+    channels_last: bool | str = False
     ind: IndConfig = field(default_factory=IndConfig)
     ood: OodConfig = field(default_factory=OodConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
@@ -250,6 +268,11 @@ class SweepConfig:
         self.batch_size = check_number(self.batch_size, "batch_size", minimum=1, integer=True)
         self.tensorboard_images = check_number(self.tensorboard_images, "tensorboard_images", minimum=0, integer=True)
         self.tolerance_px = check_number(self.tolerance_px, "tolerance_px", minimum=0)
+        for name, check in (("chunk_size", check_chunks), ("channels_last", check_channels_last)):
+            try:
+                setattr(self, name, check(getattr(self, name), name))
+            except ValueError as err:
+                raise ConfigError(None, name, str(err).removeprefix(f"{name} ")) from None
         self.ind.validate()
         self.ood.validate()
         self.audit.validate()
@@ -260,5 +283,5 @@ class SweepConfig:
 
 
 # The top-level sweep ids of the attack bundle (the rest of its config is data, model and output).
-SWEEP_SETTINGS = ("profile", "seed", "num_samples", "batch_size", "tolerance_px", "tensorboard_images", "ind", "ood",
-                  "audit")
+SWEEP_SETTINGS = ("profile", "seed", "num_samples", "batch_size", "tolerance_px", "tensorboard_images", "chunk_size",
+                  "channels_last", "ind", "ood", "audit")

@@ -29,9 +29,11 @@ same numbers whether it runs first, last or in a resumed run.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from diskrobust.attacks.layout import AUTO, AttackLayout, layout_model, tune_attack_layout
 from diskrobust.data.dataset_io import atomic_write_json, atomic_write_text
 from diskrobust.robustness import results
 from diskrobust.robustness.config import IND_ATTACKS, SweepConfig
@@ -53,24 +56,26 @@ from diskrobust.robustness.units import (EventLog, Unit, audited_attack, derive_
 __all__ = ["IND_ATTACK_BUILDERS", "SWEEP_KINDS", "Runner", "run_robustness_sweep", "report_header"]
 
 
-def _pgd(model: nn.Module, unit: Unit, seed: int, progress: bool):
+def _pgd(model: nn.Module, unit: Unit, seed: int, progress: bool, chunk_size: int | None = None):
     from diskrobust.attacks import PGD
 
     p = unit.params
     return PGD(model, eps=unit.eps, steps=p["steps"], step_size=p["step_size"], norm=unit.norm,
                random_start=p["random_start"], update=p["update"], objective=unit.head,
-               point_loss=p["point_loss"], restarts=p["restarts"], seed=seed, progress=progress)
+               point_loss=p["point_loss"], restarts=p["restarts"], seed=seed, progress=progress,
+               chunk_size=chunk_size, precision=p.get("precision", "fp32"))
 
 
-def _autoattack(model: nn.Module, unit: Unit, seed: int, progress: bool):
+def _autoattack(model: nn.Module, unit: Unit, seed: int, progress: bool, chunk_size: int | None = None):
     from diskrobust.attacks.autoattack import RegressionAutoAttack
 
     p = unit.params
     return RegressionAutoAttack(model, eps=unit.eps, norm=unit.norm, criterion=unit.head, steps=p["steps"],
-                                restarts=p["restarts"], queries=p["queries"], seed=seed, progress=progress)
+                                restarts=p["restarts"], queries=p["queries"], seed=seed, progress=progress,
+                                chunk_size=chunk_size)
 
 
-def _square(model: nn.Module, unit: Unit, seed: int, progress: bool):
+def _square(model: nn.Module, unit: Unit, seed: int, progress: bool, chunk_size: int | None = None):
     """The audit's query-based attack: Square on the point distance from the clean image (its own stripes
     start), never from a gradient attack's result, so it is a number independent of the gradient."""
     from diskrobust.attacks import SquareAttack
@@ -80,7 +85,7 @@ def _square(model: nn.Module, unit: Unit, seed: int, progress: bool):
                         objective=point_distance_criterion, seed=seed, progress=progress)
 
 
-# IND attack name -> builder(model, unit, seed, progress) -> an attack called as attack(images, targets),
+# IND attack name -> builder(model, unit, seed, progress, chunk_size) -> an attack called as attack(images, targets),
 # returning images, losses and deltas (diskrobust.attacks.AttackResult; an EnsembleResult also names the
 # member that found each sample's worst case). Add new attack kinds here.
 IND_ATTACK_BUILDERS: dict[str, Callable] = {"linf": _pgd, "l2": _pgd, "autoattack_linf": _autoattack,
@@ -168,9 +173,10 @@ class Runner:
     INNER_BAR_STEPS = 100
 
     def __init__(self, model: nn.Module, test: TestSet, cfg: SweepConfig, tb: AttackTensorBoardLogger | None,
-                 progress: bool = False, surrogate: nn.Module | None = None):
+                 progress: bool = False, surrogate: nn.Module | None = None, chunk_size: int | None = None):
         self.model, self.test, self.cfg, self.tb = model, test, cfg, tb
         self.surrogate = surrogate
+        self.chunk_size = chunk_size
         self.progress = progress
         self.device = next(model.parameters()).device
         self._ood_targets: dict[str, torch.Tensor] | None = None
@@ -239,7 +245,8 @@ class Runner:
         for b, ids in _batches(len(test), self.cfg.batch_size):
             x = self._dev(test.images[ids])
             points, mask = self._dev(test.points[ids]), self._dev(test.mask[ids])
-            attack = build(craft_on, unit, seed + b, self.progress and unit.steps >= self.INNER_BAR_STEPS)
+            attack = build(craft_on, unit, seed + b, self.progress and unit.steps >= self.INNER_BAR_STEPS,
+                           chunk_size=self.chunk_size)
             res = attack(x, {"points": points, "mask": mask})
             met = _evaluate(self.model, res.images, points, mask, mask, test.spacing_mm)
             losses = res.losses if craft_on is self.model else None
@@ -321,7 +328,7 @@ class Runner:
             if unit.eps > 0:
                 attack = OODAttack(self.model, eps=unit.eps, steps=unit.params["steps"], lr=unit.params["lr"],
                                    optimizer=unit.params["optimizer"], random_start=unit.params["random_start"],
-                                   seed=seed + b,
+                                   seed=seed + b, chunk_size=self.chunk_size,
                                    progress=self.progress and unit.params["steps"] >= self.INNER_BAR_STEPS)
                 res = attack(start, {k: tgt[k] for k in use if k in tgt})
                 adv, losses, deltas = res.images, res.losses, res.deltas
@@ -382,20 +389,30 @@ def run_robustness_sweep(model: nn.Module, dataset, config: SweepConfig | Mappin
 
     base = {"model": model_fingerprint(model), "data": test.fingerprint(), "seed": cfg.seed,
             "num_samples": len(test), "batch_size": cfg.batch_size}
+    layout, layout_times = _attack_layout(model, test, cfg, out / "config.json", base)
+    # channels_last takes other convolution algorithms, and PGD's sign steps then part from the NCHW ones
+    # where a gradient is near zero: its units are keyed apart. Chunks do the same arithmetic per sample
+    # (at most a BLAS kernel chosen by the row count rounds differently), so a unit does not depend on
+    # them: a resumed run, or the parts of a split evaluation, may chunk differently and still share units.
+    if layout.channels_last:
+        base["layout"] = "channels_last"
     units = plan_units(cfg, image_size)
     audit_units = plan_audit_units(cfg, image_size, None if surrogate is None else model_fingerprint(surrogate))
     info = {"sweep": cfg.to_dict(), "num_test_samples": len(test), "model_fingerprint": base["model"],
             "data_fingerprint": base["data"], "units": len(units), "audit_units": len(audit_units),
             "surrogate_fingerprint": None if surrogate is None else model_fingerprint(surrogate),
+            "attack_layout": {**asdict(layout), "autotune_seconds": layout_times},
             "environment": results.environment_info(), **dict(run_info or {})}
     files = {"config": atomic_write_json(out / "config.json", info)}
     log = EventLog(out / "sweep.log")
     log.write(event="start", profile=cfg.profile, units=len(units), audit_units=len(audit_units), model=base["model"],
-              data=base["data"])
+              data=base["data"], channels_last=layout.channels_last, chunk_size=layout.chunk_size,
+              layout_autotuned=bool(layout_times))
 
     was_training = model.training
     model.eval()
-    runner = Runner(model, test, cfg, tb, progress, surrogate=surrogate)
+    runner = Runner(layout_model(model, layout.channels_last), test, cfg, tb, progress, surrogate=surrogate,
+                    chunk_size=layout.chunk_size)
     all_rows: list[dict] = []
     audit_rows: list[dict] = []
     computed, reused = [], []
@@ -465,6 +482,35 @@ def run_robustness_sweep(model: nn.Module, dataset, config: SweepConfig | Mappin
               audit=masking["status"])
     return {"output_dir": str(out), "files": files, "aggregate": agg, "masking_audit": masking,
             "computed": computed, "reused": reused, "seconds": seconds}
+
+
+def _attack_layout(model: nn.Module, test: TestSet, cfg: SweepConfig, previous_config: Path,
+                   base: Mapping) -> tuple[AttackLayout, dict]:
+    """The layout the attacks run in: the fixed settings, or for "auto" the one timed fastest
+    (`tune_attack_layout`). A resumed run takes the "auto" choice its earlier run made on the same model,
+    data and batch size (from `config.json`), so that a re-timing cannot make its cached channels_last
+    units stale (or its NCHW ones)."""
+    channels_last, chunk_size = cfg.channels_last, cfg.chunk_size
+    if AUTO in (channels_last, chunk_size) and previous_config.is_file():
+        try:
+            before = json.loads(previous_config.read_text())
+            same = (before.get("model_fingerprint"), before.get("data_fingerprint"),
+                    before.get("sweep", {}).get("batch_size")) == (base["model"], base["data"], cfg.batch_size)
+            chosen = before.get("attack_layout") if same else None
+        except (OSError, ValueError, AttributeError):
+            chosen = None
+        if isinstance(chosen, Mapping):
+            channels_last = bool(chosen.get("channels_last")) if channels_last == AUTO else channels_last
+            chunk_size = chosen.get("chunk_size") if chunk_size == AUTO else chunk_size
+    device = next(model.parameters()).device
+    return tune_attack_layout(model, test.images[:cfg.batch_size].to(device), _tuning_heads(cfg), channels_last,
+                              chunk_size)
+
+
+def _tuning_heads(cfg: SweepConfig) -> tuple[str, ...] | None:
+    """The outputs the sweep's attacks read: the point head alone when no unit attacks the seg head."""
+    heads = set(cfg.ind.heads if cfg.ind.enabled else []) | set(cfg.ood.heads if cfg.ood.enabled else [])
+    return ("pred",) if heads <= {"points"} else None
 
 
 def _budgets(values: Sequence[float], norm: str, image_size: Sequence[int]) -> str:

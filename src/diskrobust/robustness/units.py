@@ -76,6 +76,8 @@ def ind_unit(cfg: SweepConfig, attack: str, head: str, budget: float, image_size
                   "update": cfg.ind.update, "random_start": cfg.ind.random_start,
                   "restarts": cfg.ind.restarts, "point_loss": cfg.ind.point_loss, "eps": eps,
                   "eps_rms": rms, "norm": norm}
+        if cfg.ind.precision != "fp32":  # absent in fp32, so that earlier runs' units stay valid
+            params["precision"] = cfg.ind.precision
     params.update(changes)
     return Unit(sweep, attack, norm, head, eps, params["steps"], params, rms)
 

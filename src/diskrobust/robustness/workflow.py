@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 _PROFILE_ADVICE = ("a profile is a config file now: --config_file \"['bundles/lumbar_disk_attack/configs/evaluate.json',"
                    "'bundles/lumbar_disk_attack/configs/profiles/paper.json']\"")
 # Settings that also take null: None evaluates every test patch (SweepConfig.num_samples, OODConfig.num_samples).
-ALSO_ACCEPTED = {"num_samples": [None], "ood#num_samples": [None]}
+ALSO_ACCEPTED = {"num_samples": [None], "ood#num_samples": [None], "channels_last": ["auto"]}
 # Settings of earlier versions of the bundle, refused with what to do instead (bundle_checks.check_command_line).
 RETIRED_SETTINGS = {
     "profile": _PROFILE_ADVICE + " (the id `profile` only names the profile in the report)",

@@ -23,19 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
-import statistics
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from diskrobust.compute import (AUTO, autocast, check_channels_last, check_chunks, check_precision, fastest,
+                                float_outputs)
 
-PRECISIONS = ("fp32", "bf16")
-AUTO = "auto"
 # Values the bundle's command-line check lets through besides the defaults' types (false, 0).
 ALSO_ACCEPTED = {"channels_last": [AUTO], "micro_batch": [AUTO, None]}
 
@@ -52,30 +48,6 @@ class StepSettings:
         chunks = "whole batch" if self.micro_batch is None else f"micro-batches of {self.micro_batch}"
         layout = "channels_last" if self.channels_last else "NCHW"
         return f"{layout}, {chunks}, {self.precision}"
-
-
-def _check_precision(precision: str, where: str = "precision") -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"{where} must be one of {PRECISIONS}, got {precision!r}")
-    return precision
-
-
-def _check_micro_batch(value, where: str = "micro_batch"):
-    if value is None or value == AUTO:
-        return value
-    if isinstance(value, str) and value.lower() in ("none", "null", "0"):
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 0:
-        raise ValueError(f"{where} must be a positive integer, 0 (whole batch) or 'auto', got {value!r}")
-    return int(value) or None
-
-
-def _check_channels_last(value, where: str = "channels_last"):
-    if value == AUTO or isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):  # a command-line override
-        return value.lower() == "true"
-    raise ValueError(f"{where} must be true, false or 'auto', got {value!r}")
 
 
 def _plain(t):
@@ -118,26 +90,12 @@ def _shares(targets, chunks: list[slice], batch: int) -> list[torch.Tensor | flo
     return [weight[c].sum() / total for c in chunks]
 
 
-def _float_outputs(outputs):
-    if torch.is_tensor(outputs):
-        return outputs.float()
-    if isinstance(outputs, Mapping):
-        return {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in outputs.items()}
-    return outputs
-
-
 def _cat_outputs(parts: list):
     if len(parts) == 1:
         return parts[0]
     if torch.is_tensor(parts[0]):
         return torch.cat(parts, 0)
     return {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _is_sample_mean_loss(loss_function) -> bool:
@@ -164,9 +122,9 @@ def forward_backward(network: nn.Module, loss_function, inputs: torch.Tensor, ta
         # DDP: reduce gradients once, after the last chunk
         sync = no_sync() if (no_sync is not None and i < len(chunks) - 1) else contextlib.nullcontext()
         with sync:
-            with _autocast(inputs.device, settings.precision):
+            with autocast(inputs.device, settings.precision):
                 out = run(inputs[part], network)
-            out = _float_outputs(out)
+            out = float_outputs(out)
             loss = loss_function(out, chunk_targets).mean()
             (loss * share).backward()
         detached = loss.detach() * share
@@ -218,26 +176,13 @@ def autotune(network: nn.Module, loss_function, example_inputs: torch.Tensor, pr
         return candidates[0], {}
     net = copy.deepcopy(_unwrap(network)).train()
     images, targets = _synthetic_batch(net, batch, example_inputs)
-    device = images.device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times: dict[StepSettings, list[float]] = {c: [] for c in candidates}
-    for round_ in range(repeats + 1):
-        for cand in candidates:
-            set_memory_format(net, cand.channels_last)
-            net.zero_grad(set_to_none=True)
-            sync()
-            start = time.perf_counter()
-            forward_backward(net, loss_function, images, targets, cand)
-            sync()
-            if round_ > 0:  # round 0 warms up caches, allocator and kernels
-                times[cand].append(time.perf_counter() - start)
-    del net
-    best = min(candidates, key=lambda c: min(times[c]))
-    table = {c.describe(): times[c] for c in candidates}
-    logger.info("training step autotune (batch %d): %s -> %s", batch,
-                "; ".join(f"{k}: best {min(v):.3f} s, median {statistics.median(v):.3f} s" for k, v in table.items()),
-                best.describe())
-    return best, table
+
+    def run(cand: StepSettings) -> None:
+        set_memory_format(net, cand.channels_last)
+        net.zero_grad(set_to_none=True)
+        forward_backward(net, loss_function, images, targets, cand)
+
+    return fastest(candidates, run, repeats, images.device, f"training step autotune (batch {batch})")
 
 
 def _same_on_all_ranks(settings: StepSettings) -> StepSettings:
@@ -269,9 +214,9 @@ class TrainingStep:
 
     def __init__(self, channels_last=False, micro_batch=None, precision: str = "fp32",
                  autotune_repeats: int = 2):
-        self.channels_last = _check_channels_last(channels_last)
-        self.micro_batch = _check_micro_batch(micro_batch)
-        self.precision = _check_precision(precision)
+        self.channels_last = check_channels_last(channels_last)
+        self.micro_batch = check_chunks(micro_batch, "micro_batch")
+        self.precision = check_precision(precision)
         if int(autotune_repeats) < 1:
             raise ValueError(f"autotune_repeats must be >= 1, got {autotune_repeats}")
         self.autotune_repeats = int(autotune_repeats)
