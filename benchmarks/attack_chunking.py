@@ -1,5 +1,6 @@
 """PGD on the points objective: today's path (full forward, whole batch) vs the points-only forward
-(`DiskShapeNet.forward_heads`, no U-Net decoder) and vs points-only with the batch in chunks.
+(`DiskShapeNet.forward_heads`, no U-Net decoder), points-only with the batch in chunks, and the same on
+a channels_last copy of the network (`diskrobust.attacks.layout_model`).
 
     python benchmarks/attack_chunking.py [--size 128 --width 16 --batch 32 --steps 5 --chunks 4 8 16 --rounds 3]
 
@@ -7,7 +8,10 @@ All variants run interleaved in every round (a change in the machine's load hits
 timed `--rounds` times, best and median reported. "old" is the code as it was before the points-only
 path: the same PGD fed an objective that does not declare the heads it reads, so the full network runs,
 with the whole batch at once. The adversarial images of every variant are compared with "old"
-(`torch.equal`) and the table says whether they are bit-identical. FLOPs per image-step come from
+(`torch.equal`) and the table says whether they are bit-identical; where they are not (channels_last:
+other convolution algorithms), the last column gives the attack's strength relative to "old" (the
+summed point SSE at the returned adversarials, scored by the NCHW network). It also prints the layout
+the evaluation engine's `chunk_size: auto` / `channels_last: auto` would choose (`tune_attack_layout`). FLOPs per image-step come from
 torch.utils.flop_counter (forward + input-gradient backward, one step); the fraction of the measured
 fp32 convolution peak (a large 3x3 convolution timed on the same thread budget) is printed next to each
 rate. Prints the machine (CPU, threads, load average).
@@ -16,14 +20,17 @@ rate. Prints the machine (CPU, threads, load average).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from diskrobust.attacks import PGD
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_bench.py
+from _bench import conv_peak, machine  # noqa: E402
+
+from diskrobust.attacks import PGD, layout_model, tune_attack_layout
 from diskrobust.losses import point_sse_per_sample
 from diskrobust.networks import DiskShapeNet
 
@@ -31,34 +38,6 @@ from diskrobust.networks import DiskShapeNet
 def full_forward_points(outputs, targets):
     """The point SSE without a `heads` attribute: PGD runs the whole network, as before the split."""
     return point_sse_per_sample(outputs["pred"], targets["points"])
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def conv_peak_gflops(device, repeats: int = 5) -> float:
-    """Measured fp32 convolution peak: a 64 -> 64 channel 3x3 convolution on 8 x 64 x 64, best of `repeats`."""
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(device).eval()
-    x = torch.randn(8, 64, 64, 64, device=device)
-    flops = 2 * 64 * 64 * 9 * 8 * 64 * 64
-    best = float("inf")
-    with torch.no_grad():
-        conv(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            conv(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-    return flops / best / 1e9
 
 
 def step_flops(net, image, targets, objective, chunk) -> float:
@@ -82,6 +61,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-channels-last", action="store_true", help="leave out the channels_last variants")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -91,44 +71,56 @@ def main(argv=None):
     image = torch.rand((args.batch, 1, args.size, args.size), generator=gen).to(device)
     targets = {"points": (args.size / 2 + args.size / 8 * torch.randn((args.batch, 176, 2), generator=gen)).to(device)}
 
-    variants = {"old: full forward, whole batch": (full_forward_points, None),
-                "points-only forward, whole batch": ("points", None)}
-    variants.update({f"points-only forward, chunks of {c}": ("points", c) for c in args.chunks if c < args.batch})
+    twin = layout_model(net, True)
+    variants = {"old: full forward, whole batch": (full_forward_points, None, net),
+                "points-only forward, whole batch": ("points", None, net)}
+    variants.update({f"points-only forward, chunks of {c}": ("points", c, net) for c in args.chunks if c < args.batch})
+    if not args.no_channels_last:
+        variants["points-only, channels_last, whole batch"] = ("points", None, twin)
+        variants.update({f"points-only, channels_last, chunks of {c}": ("points", c, twin)
+                         for c in args.chunks if c < args.batch})
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def run(objective, chunk):
-        result = PGD(net, eps=0.07, steps=args.steps, objective=objective, chunk_size=chunk, seed=0)(image, targets)
+    def run(objective, chunk, model):
+        result = PGD(model, eps=0.07, steps=args.steps, objective=objective, chunk_size=chunk, seed=0)(image, targets)
         sync()
         return result.images
 
+    def strength(adv):
+        with torch.no_grad():
+            return float(point_sse_per_sample(net(adv)["pred"], targets["points"]).sum())
+
     reference = run(*variants["old: full forward, whole batch"])
-    identical = {name: torch.equal(run(*v), reference) for name, v in variants.items()}  # also the warm-up
+    advs = {name: run(*v) for name, v in variants.items()}  # also the warm-up
+    identical = {name: torch.equal(adv, reference) for name, adv in advs.items()}
+    ratio = {name: strength(adv) / strength(reference) for name, adv in advs.items()}
+    chosen, _ = tune_attack_layout(net, image, heads=("pred",), sizes=args.chunks)
     times = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for name, (objective, chunk) in variants.items():
+        for name, (objective, chunk, model) in variants.items():
             start = time.perf_counter()
-            run(objective, chunk)
+            run(objective, chunk, model)
             times[name].append(time.perf_counter() - start)
-    peak = conv_peak_gflops(device)
-    flops = {name: step_flops(net, image, targets, *v) for name, v in variants.items()}
+    peak = conv_peak(device) / 1e9
+    flops = {name: step_flops(net, image, targets, *v[:2]) for name, v in variants.items()}
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
-    print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
-          f"device {device}, load average {' '.join(f'{v:.2f}' for v in load)}; torch {torch.__version__}")
+    print(f"{machine(device)}; device {device}")
     print(f"DiskShapeNet(width={args.width}, spatial_size={args.size}), batch {args.batch}, PGD L-inf "
           f"{args.steps} steps (+1 scoring pass) on the point SSE; {args.rounds} interleaved rounds; "
-          f"measured fp32 conv peak {peak:.0f} GFLOP/s\n")
+          f"measured fp32 conv peak (the better of NCHW and channels_last) {peak:.0f} GFLOP/s; "
+          f"the evaluation engine's autotune chose: {chosen.describe()}\n")
     base = min(times["old: full forward, whole batch"])
     print("| variant | best s | median s | image-steps/s (best) | speed-up vs old (best) | speed-up (median) "
-          "| GFLOP per image-step | GFLOP/s | % of conv peak | adversarials bit-identical to old |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| GFLOP per image-step | GFLOP/s | % of conv peak | adversarials bit-identical to old | strength / old |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     base_med = statistics.median(times["old: full forward, whole batch"])
     for name in variants:
         best, med = min(times[name]), statistics.median(times[name])
         rate = args.batch * args.steps / best
         gflops = flops[name] * rate / 1e9
         print(f"| {name} | {best:.3f} | {med:.3f} | {rate:.1f} | {base / best:.2f}x | {base_med / med:.2f}x "
-              f"| {flops[name] / 1e9:.2f} | {gflops:.1f} | {100 * gflops / peak:.0f} % | {identical[name]} |")
+              f"| {flops[name] / 1e9:.2f} | {gflops:.1f} | {100 * gflops / peak:.0f} % | {identical[name]} "
+              f"| {ratio[name]:.4f} |")
 
 
 if __name__ == "__main__":
