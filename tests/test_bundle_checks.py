@@ -168,10 +168,13 @@ def test_settings_that_take_a_second_kind_of_value(repo_root, monkeypatch):
     attack = repo_root / "bundles" / "lumbar_disk_attack" / "configs" / "evaluate.json"
     train = repo_root / "bundles" / "lumbar_disk_shape" / "configs" / "train.json"
     run_check(attack, "--num_samples", "None", "--ood#num_samples", "None")
-    with pytest.raises(ConfigError, match=r"'num_samples' expects a number, got 'all'"):
+    with pytest.raises(ConfigError, match=r"'num_samples' expects a number or None, got 'all'"):
         run_check(attack, "--num_samples", "all")
     with pytest.raises(ConfigError, match=r"'batch_size' expects a number, got None"):
         run_check(attack, "--batch_size", "None")
     run_check(train, "--micro_batch", "auto", "--channels_last", "auto", "--micro_batch", "8")
-    with pytest.raises(ConfigError, match=r"'channels_last' expects true or false, got 'sometimes'"):
+    with pytest.raises(ConfigError, match=r"'channels_last' expects true or false or 'auto', got 'sometimes'"):
         run_check(train, "--channels_last", "sometimes")
+    run_check(attack, "--channels_last", "auto", "--chunk_size", "8", "--chunk_size", "auto", "--ind#precision", "bf16")
+    with pytest.raises(ConfigError, match=r"'channels_last' expects true or false or 'auto', got 'ture'"):
+        run_check(attack, "--channels_last", "ture")

@@ -264,23 +264,26 @@ def _type_problem(cid: str, default: Any, value: Any, ids: Mapping[str, Any],
     """Why `value` cannot replace `default` (None when it can): the type a config's default implies."""
     if _is_reference(value) or _is_reference(default) or default is None:
         return None
-    if also and cid in also and any(value == v if v is not None else value is None for v in also[cid]):
+    extra = list(also.get(cid, [])) if also else []
+    if any(value == v if v is not None else value is None for v in extra):
         return None
+    # the values the id takes besides its type's, named in the message (e.g. "or 'auto'")
+    alternatives = "".join(f" or {v!r}" for v in extra)
     if isinstance(default, bool):
         if isinstance(value, bool):
             return None
         if _in_component(cid, ids):
             # a constructor would take the string "false" as true
-            return (f"expects True or False, got {value!r} (this value goes to a constructor unconverted: "
-                    f"write True or False)")
+            return (f"expects True or False{alternatives}, got {value!r} (this value goes to a constructor "
+                    f"unconverted: write True or False)")
         try:
             as_bool(value, cid)
         except ConfigError:
-            return f"expects true or false, got {value!r}"
+            return f"expects true or false{alternatives}, got {value!r}"
         return None
     if isinstance(default, (int, float)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"expects a number, got {value!r}"
+            return f"expects a number{alternatives}, got {value!r}"
         return None
     if isinstance(default, list) and not isinstance(value, (list, tuple)):
         return f"expects a list like {default!r}, got {value!r}"
