@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of docs/performance.md in one short run (< 5 min on one H200): training step
 # (today's vs the autotuned TrainingStep, fp32 and bf16, with the measured cuDNN conv peak), the
-# batched GPU augmentation vs training throughput, PGD and adversarial-training cost, and what
-# bf16 changes (clean error, attack strength). Prints Markdown; paste the figures into
+# batched GPU augmentation vs training throughput, PGD and adversarial-training cost, PGD's layout
+# and chunks (channels_last vs NCHW), and what bf16 changes (clean error, attack strength). Prints Markdown; paste the figures into
 # docs/performance.md ("GPU") with the machine line.
 #
 #     PYTHON=/path/to/venv/bin/python bash benchmarks/gpu_profile.sh [out_dir]
@@ -32,6 +32,8 @@ run augment 75 "$PY" benchmarks/augment_speed.py --device cuda --subjects 8 --sa
   --train-width 16 --train-batch 64 --rounds 10
 run attacks 60 "$PY" benchmarks/attack_speed.py --device cuda --threads $T --width 16 --batch 32 --steps 20 \
   --train-steps 20 --train-iterations 5 --rounds 10 --train-rounds 3
+run attack_layout 45 "$PY" benchmarks/attack_chunking.py --device cuda --threads $T --width 16 --batch 64 --steps 10 \
+  --chunks 8 16 32 --rounds 5
 run precision 60 "$PY" benchmarks/precision_effect.py --device cuda --threads $T --size 128 --width 16 --batch 32 \
   --steps 300 --seeds 0 1 2 --test 256 --pgd-steps 20
 echo; echo "gpu_profile: done $(date -u +%T); outputs in $OUT/"
