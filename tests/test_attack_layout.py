@@ -63,7 +63,7 @@ def test_autotune_times_every_candidate_and_keeps_the_fastest(monkeypatch):
         clock[0] += 1.0 if (channels_last, chunk_size) == (False, 4) else 10.0
 
     monkeypatch.setattr(layout_mod, "_attack_step", step)
-    monkeypatch.setattr(compute.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(compute, "perf_counter", lambda: clock[0])  # the autotune's clock only
     chosen, timed = tune_attack_layout(net, x, heads=("pred",), repeats=3)
     # batch 10: both layouts x (whole batch, chunks of 4, chunks of 8); a warm-up round + 3 timed rounds
     assert sorted(timed) == sorted(f"{cl}, {c}" for cl in ("NCHW", "channels_last")

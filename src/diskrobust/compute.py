@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
+from time import perf_counter
 
 import torch
 
@@ -78,11 +78,11 @@ def fastest(candidates: Sequence, run: Callable, repeats: int, device: torch.dev
     for round_ in range(int(repeats) + 1):
         for cand in candidates:
             sync()
-            start = time.perf_counter()
+            start = perf_counter()
             run(cand)
             sync()
             if round_ > 0:
-                times[cand].append(time.perf_counter() - start)
+                times[cand].append(perf_counter() - start)
     best = min(candidates, key=lambda c: min(times[c]))
     table = {c.describe(): times[c] for c in candidates}
     logger.info("%s: %s -> %s", what,
