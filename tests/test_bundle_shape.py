@@ -268,6 +268,22 @@ def test_training_from_command_line_in_repo_root(tiny_phantom, tmp_path, repo_ro
     assert (tmp_path / "models" / "checkpoint_epoch=1.pt").is_file()
 
 
+def test_channels_last_where_onednn_would_crash_ends_with_the_reason(tiny_phantom, tmp_path, repo_root):
+    """`--width 8 --channels_last true` on CPU: oneDNN's channels_last weight gradient of the strided 1x1
+    convolutions is broken (it aborted this command with "double free or corruption"); the run must stop
+    with the project's message instead."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
+           "--config_file", "bundles/lumbar_disk_shape/configs/train.json",
+           "--dataset_dir", str(tiny_phantom), "--output_dir", str(tmp_path), "--epochs", "1",
+           "--samples_per_epoch", "8", "--batch_size", "4", "--width", "8", "--shape_modes", "3",
+           "--progress_bar", "false", "--channels_last", "true"]
+    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("channels_last: true cannot train this network") and "encoder.0.0.conv3.conv" in last, last
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
 @pytest.mark.parametrize("profile", sorted(p.name for p in (CONFIGS / "profiles").glob("*.json")))
 def test_profiles_only_override_existing_ids(profile):
     """A typo in a profile would silently add an unused id instead of changing the run."""

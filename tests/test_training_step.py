@@ -8,6 +8,7 @@ import torch
 from monai.engines import SupervisedTrainer
 
 from diskrobust.batch import prepare_disk_batch
+from diskrobust.compute import channels_last_weight_grad_hazards
 from diskrobust.data.contours import polygon_fill_torch
 from diskrobust.datasets import PatchBank, ShapeAugmentedDataset
 from diskrobust.handlers.adversarial import AdversarialTrainingHandler
@@ -20,9 +21,10 @@ from diskrobust.transforms import ShapePCA
 S = 32
 
 
-def _net(seed=0):
+def _net(seed=0, width=16):
+    # width 16: with 8, channels_last training is refused on CPU (test_channels_last_refused_where_onednn_...)
     torch.manual_seed(seed)
-    net = DiskShapeNet(width=8, spatial_size=S)
+    net = DiskShapeNet(width=width, spatial_size=S)
     # a non-trivial point head, so that its gradients are not ~0
     torch.nn.init.normal_(net.point_head[-1].weight, std=0.05)
     return net
@@ -180,6 +182,34 @@ def test_bad_settings_are_refused():
     trainer.loss_function = lambda out, tgt: (out["pred"] - tgt["points"]).abs().sum()
     with pytest.raises(ValueError, match="mean over samples"):
         trainer.run()
+
+
+def test_channels_last_refused_where_onednn_gets_weight_gradients_wrong(caplog):
+    # DiskShapeNet(width=8) downsamples its first two stages' residuals with strided 1x1 convolutions of
+    # 8 input channels: in channels_last, oneDNN's weight gradient for them crashes or is wrong (issue 6035)
+    narrow = _net(width=8)
+    hazards = channels_last_weight_grad_hazards(narrow, "cpu")
+    assert [h.split()[0] for h in hazards] == ["encoder.0.0.conv3.conv", "encoder.1.0.conv3.conv"]
+    assert "8 input channels, stride (2, 2)" in hazards[0]
+    assert channels_last_weight_grad_hazards(_net(), "cpu") == []  # width 16 (the bundle's)
+    assert channels_last_weight_grad_hazards(narrow, "cuda") == []  # cuDNN is not affected
+    narrow.requires_grad_(False)  # the attacks' input gradients are not affected either
+    assert channels_last_weight_grad_hazards(narrow, "cpu") == []
+
+    image, targets = _batch(4)
+    with pytest.raises(ValueError, match=r"channels_last: true cannot train this network.*encoder\.0\.0\.conv3\.conv"):
+        forward_backward(_net(width=8), DiskShapeLoss(), image, targets, StepSettings(channels_last=True))
+    with pytest.raises(ValueError, match=r"oneDNN issue 6035.*DiskShapeNet: width 16 or more"):
+        _trainer(_net(width=8), TrainingStep(channels_last=True)).run()
+
+    net = _net(width=8)
+    step = TrainingStep(channels_last="auto", micro_batch="auto", autotune_repeats=1)
+    with caplog.at_level("WARNING", logger="diskrobust.training.step"):
+        _trainer(net, step, batch=8, iterations=1).run()
+    assert step.settings.channels_last is False
+    assert sorted(step.timings) == ["NCHW, micro-batches of 4, fp32", "NCHW, whole batch, fp32"]
+    assert "channels_last 'auto' keeps NCHW" in caplog.text and "encoder.1.0.conv3.conv" in caplog.text
+    assert all(p.is_contiguous() for p in net.parameters())
 
 
 def _synthetic_bank(n=4, size=128):

@@ -16,8 +16,8 @@ from time import perf_counter
 
 import torch
 
-__all__ = ["AUTO", "PRECISIONS", "autocast", "check_channels_last", "check_chunks", "check_precision", "fastest",
-           "float_outputs"]
+__all__ = ["AUTO", "PRECISIONS", "autocast", "channels_last_weight_grad_hazards", "check_channels_last", "check_chunks",
+           "check_precision", "fastest", "float_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,34 @@ def check_chunks(value, where: str):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 0:
         raise ValueError(f"{where} must be a positive integer, 0 or null (the whole batch) or 'auto', got {value!r}")
     return int(value) or None
+
+
+# oneDNN (PyTorch's CPU convolutions) computes the weight gradient of a 1x1 convolution with a stride
+# above 1 and fewer input channels than its channel block (16 with AVX-512, 8 with AVX2) through a
+# "reduce to unit stride" workspace that it overruns when the tensors are channels_last (NHWC): wrong
+# weight gradients, a hang, or heap corruption (uxlfoundation/oneDNN issue 6035, open). Seen here with
+# torch 2.13 as a segfault or "double free" in the backward pass of DiskShapeNet(width=8) in channels_last
+# at 56 px and more. Input gradients (what the attacks compute) are not affected, nor is cuDNN.
+_ONEDNN_NHWC_SAFE_CHANNELS = 16
+
+
+def channels_last_weight_grad_hazards(network: torch.nn.Module, device: torch.device | str) -> list[str]:
+    """The layers of `network` whose weight gradient oneDNN gets wrong in channels_last on `device`.
+
+    Empty except on CPU, for trainable non-transposed convolutions with a 1x1 kernel, a stride above 1
+    and fewer than 16 input channels per group (in DiskShapeNet: the residual downsampling of the
+    encoder stages when the width is 8). Each entry names the layer, its input channels and stride.
+    """
+    if torch.device(device).type != "cpu":
+        return []
+    found = []
+    for name, module in network.named_modules():
+        if (isinstance(module, torch.nn.modules.conv._ConvNd) and not module.transposed
+                and module.weight.requires_grad and all(k == 1 for k in module.kernel_size)
+                and any(s > 1 for s in module.stride)
+                and module.in_channels // module.groups < _ONEDNN_NHWC_SAFE_CHANNELS):
+            found.append(f"{name} ({module.in_channels} input channels, stride {tuple(module.stride)})")
+    return found
 
 
 def autocast(device: torch.device | str, precision: str):

@@ -3,7 +3,7 @@
 from diskrobust.compute import PRECISIONS
 
 from .loaders import DeviceAugmentedLoader, augmentation_loader, device_loader
-from .step import StepSettings, TrainingStep, autotune, forward_backward, set_memory_format
+from .step import StepSettings, TrainingStep, autotune, forward_backward, safe_channels_last, set_memory_format
 
 __all__ = ["PRECISIONS", "DeviceAugmentedLoader", "StepSettings", "TrainingStep", "augmentation_loader", "device_loader",
-           "autotune", "forward_backward", "set_memory_format"]
+           "autotune", "forward_backward", "safe_channels_last", "set_memory_format"]

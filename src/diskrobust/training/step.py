@@ -23,14 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from diskrobust.compute import (AUTO, autocast, check_channels_last, check_chunks, check_precision, fastest,
-                                float_outputs)
+from diskrobust.compute import (AUTO, autocast, channels_last_weight_grad_hazards, check_channels_last, check_chunks,
+                                check_precision, fastest, float_outputs)
+from diskrobust.data.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # Values the bundle's command-line check lets through besides the defaults' types (false, 0).
 ALSO_ACCEPTED = {"channels_last": [AUTO], "micro_batch": [AUTO, None]}
@@ -111,6 +115,7 @@ def forward_backward(network: nn.Module, loss_function, inputs: torch.Tensor, ta
     concatenated over chunks, in fp32; the batch loss, detached)."""
     inputs = _plain(inputs)
     if settings.channels_last:
+        safe_channels_last(network, inputs.device, True)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     batch = inputs.shape[0]
     chunks = _chunks(batch, settings.micro_batch)
@@ -131,6 +136,29 @@ def forward_backward(network: nn.Module, loss_function, inputs: torch.Tensor, ta
         total = detached if total is None else total + detached
         outputs.append({k: v.detach() for k, v in out.items()} if isinstance(out, Mapping) else out.detach())
     return _cat_outputs(outputs), total
+
+
+def safe_channels_last(network: nn.Module, device: torch.device | str, channels_last):
+    """`channels_last` (True, False or "auto") as it can be used to train `network` on `device`.
+
+    On CPU, oneDNN computes some layers' weight gradients wrongly in channels_last (a 1x1 convolution
+    with a stride and fewer than 16 input channels: `compute.channels_last_weight_grad_hazards`). For
+    such a network "auto" becomes False (NCHW, with a warning), and True is refused with the layers named.
+    """
+    if channels_last is False:
+        return False
+    hazards = channels_last_weight_grad_hazards(_unwrap(network), device)
+    if not hazards:
+        return channels_last
+    why = (f"on CPU, oneDNN computes the weight gradient of a strided 1x1 convolution with fewer than 16 "
+           f"input channels wrongly in channels_last, or crashes (oneDNN issue 6035); this network has "
+           f"{len(hazards)} such layer(s): {', '.join(hazards)}")
+    if channels_last == AUTO:
+        logger.warning("channels_last 'auto' keeps NCHW: %s", why)
+        return False
+    raise ConfigError(None, "channels_last", f"true cannot train this network: {why}",
+                      "Use channels_last false or 'auto' (which then keeps NCHW), or a network whose strided 1x1 "
+                      "convolutions have 16 or more input channels (DiskShapeNet: width 16 or more)")
 
 
 def _synthetic_batch(network: nn.Module, batch: int, example: torch.Tensor, seed: int = 0):
@@ -170,6 +198,7 @@ def autotune(network: nn.Module, loss_function, example_inputs: torch.Tensor, pr
     example_inputs = _plain(example_inputs)
     batch = example_inputs.shape[0]
     if candidates is None:
+        channels_last = safe_channels_last(network, example_inputs.device, check_channels_last(channels_last))
         candidates = candidate_settings(batch, precision, channels_last, micro_batch)
     candidates = list(candidates)
     if len(candidates) == 1:
@@ -248,12 +277,13 @@ class TrainingStep:
         micro = self.micro_batch
         if micro == AUTO and not _is_sample_mean_loss(loss_function):
             micro = None
-        if AUTO in (micro, self.channels_last):
-            settings, self.timings = autotune(network, loss_function, inputs, self.precision, self.channels_last,
+        channels_last = safe_channels_last(network, _plain(inputs).device, self.channels_last)
+        if AUTO in (micro, channels_last):
+            settings, self.timings = autotune(network, loss_function, inputs, self.precision, channels_last,
                                               micro, self.autotune_repeats)
             settings = _same_on_all_ranks(settings)
         else:
-            settings = StepSettings(bool(self.channels_last), micro, self.precision)
+            settings = StepSettings(bool(channels_last), micro, self.precision)
         set_memory_format(_unwrap(network), settings.channels_last)
         self.settings, self._batch_size = settings, batch
         return settings
