@@ -325,5 +325,5 @@ def test_adversarials_are_generated_in_the_handlers_precision(precision):
     # the attack's gradient passes (eval mode, autograd on) ran in bf16 only when asked; training stayed fp32
     assert dtypes == ({torch.bfloat16} if precision == "bf16" else {torch.float32})
     assert getattr(trainer.state, "adv_loss_points") > 0
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="precision: must be one of"):
         AdversarialTrainingHandler("adv_r", precision="half")

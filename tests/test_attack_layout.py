@@ -42,9 +42,9 @@ def test_fixed_settings_are_returned_untimed():
     x = torch.rand(6, 1, 32, 32)
     assert tune_attack_layout(net, x, channels_last=False, chunk_size=4) == (AttackLayout(False, 4), {})
     assert tune_attack_layout(net, x, channels_last="true", chunk_size=0) == (AttackLayout(True, None), {})
-    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+    with pytest.raises(ValueError, match="chunk_size: must be a positive integer"):
         tune_attack_layout(net, x, chunk_size=-1)
-    with pytest.raises(ValueError, match="channels_last must be true, false or 'auto'"):
+    with pytest.raises(ValueError, match="channels_last: must be true, false or 'auto'"):
         tune_attack_layout(net, x, channels_last="sometimes")
 
 

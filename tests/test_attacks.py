@@ -655,5 +655,5 @@ def test_pgd_in_bf16_runs_its_gradient_passes_in_bf16_and_reports_fp32(trained):
     # the same attack in either precision: far above the clean error, strength close to fp32's
     assert res.losses.mean() > 2 * sse_at(net, images, targets).mean()
     assert res.losses.mean().item() == pytest.approx(fp32.losses.mean().item(), rel=0.1)
-    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
+    with pytest.raises(ValueError, match=r"precision: must be one of \('fp32', 'bf16'\), got 'fp16'"):
         PGD(net, precision="fp16")

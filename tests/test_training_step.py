@@ -169,11 +169,11 @@ def test_bf16_step_keeps_fp32_outputs_loss_and_weights():
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="precision: must be one of"):
         TrainingStep(precision="fp16")
-    with pytest.raises(ValueError, match="micro_batch must be"):
+    with pytest.raises(ValueError, match="micro_batch: must be"):
         TrainingStep(micro_batch=-2)
-    with pytest.raises(ValueError, match="channels_last must be"):
+    with pytest.raises(ValueError, match="channels_last: must be"):
         TrainingStep(channels_last="yes")
     with pytest.raises(ValueError, match="amp=True"):
         _trainer(_net(), TrainingStep(), amp=True).run()

@@ -16,6 +16,8 @@ from time import perf_counter
 
 import torch
 
+from diskrobust.data.errors import ConfigError
+
 __all__ = ["AUTO", "PRECISIONS", "autocast", "channels_last_weight_grad_hazards", "check_channels_last", "check_chunks",
            "check_precision", "fastest", "float_outputs"]
 
@@ -27,7 +29,7 @@ AUTO = "auto"
 
 def check_precision(precision: str, where: str = "precision") -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"{where} must be one of {PRECISIONS}, got {precision!r}")
+        raise ConfigError(None, where, f"must be one of {PRECISIONS}, got {precision!r}")
     return precision
 
 
@@ -37,7 +39,7 @@ def check_channels_last(value, where: str = "channels_last"):
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise ValueError(f"{where} must be true, false or 'auto', got {value!r}")
+    raise ConfigError(None, where, f"must be true, false or 'auto', got {value!r}")
 
 
 def check_chunks(value, where: str):
@@ -47,7 +49,8 @@ def check_chunks(value, where: str):
     if isinstance(value, str) and value.lower() in ("none", "null", "0"):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 0:
-        raise ValueError(f"{where} must be a positive integer, 0 or null (the whole batch) or 'auto', got {value!r}")
+        raise ConfigError(None, where, f"must be a positive integer, 0 or null (the whole batch) or 'auto', "
+                          f"got {value!r}")
     return int(value) or None
 
 

@@ -268,11 +268,8 @@ class SweepConfig:
         self.batch_size = check_number(self.batch_size, "batch_size", minimum=1, integer=True)
         self.tensorboard_images = check_number(self.tensorboard_images, "tensorboard_images", minimum=0, integer=True)
         self.tolerance_px = check_number(self.tolerance_px, "tolerance_px", minimum=0)
-        for name, check in (("chunk_size", check_chunks), ("channels_last", check_channels_last)):
-            try:
-                setattr(self, name, check(getattr(self, name), name))
-            except ValueError as err:
-                raise ConfigError(None, name, str(err).removeprefix(f"{name} ")) from None
+        self.chunk_size = check_chunks(self.chunk_size, "chunk_size")  # ConfigError with the setting's name
+        self.channels_last = check_channels_last(self.channels_last, "channels_last")
         self.ind.validate()
         self.ood.validate()
         self.audit.validate()
