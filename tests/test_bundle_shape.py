@@ -255,14 +255,19 @@ def test_inference_image_with_disks_and_single_patch(trained, tiny_phantom, tmp_
     assert (out / "patch_disks.nii.gz").is_file()
 
 
-def test_training_from_command_line_in_repo_root(tiny_phantom, tmp_path, repo_root):
-    """`python -m monai.bundle run training --config_file bundles/.../train.json` from the repo root."""
+def _train_from_command_line(repo_root, dataset_dir, output_dir, *extra):
+    """`python -m monai.bundle run training --config_file bundles/.../train.json` from the repo root: a
+    one-epoch run of 8 samples with a width-8 network, plus `extra` overrides."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
            "--config_file", "bundles/lumbar_disk_shape/configs/train.json",
-           "--dataset_dir", str(tiny_phantom), "--output_dir", str(tmp_path), "--epochs", "1",
+           "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir), "--epochs", "1",
            "--samples_per_epoch", "8", "--batch_size", "4", "--width", "8", "--shape_modes", "3",
-           "--progress_bar", "false", "--val_interval", "1"]
-    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+           "--progress_bar", "false", *extra]
+    return subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+
+
+def test_training_from_command_line_in_repo_root(tiny_phantom, tmp_path, repo_root):
+    proc = _train_from_command_line(repo_root, tiny_phantom, tmp_path, "--val_interval", "1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
     assert (tmp_path / "models" / "checkpoint_epoch=1.pt").is_file()
@@ -272,12 +277,7 @@ def test_channels_last_where_onednn_would_crash_ends_with_the_reason(tiny_phanto
     """`--width 8 --channels_last true` on CPU: oneDNN's channels_last weight gradient of the strided 1x1
     convolutions is broken (it aborted this command with "double free or corruption"); the run must stop
     with the project's message instead."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
-           "--config_file", "bundles/lumbar_disk_shape/configs/train.json",
-           "--dataset_dir", str(tiny_phantom), "--output_dir", str(tmp_path), "--epochs", "1",
-           "--samples_per_epoch", "8", "--batch_size", "4", "--width", "8", "--shape_modes", "3",
-           "--progress_bar", "false", "--channels_last", "true"]
-    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    proc = _train_from_command_line(repo_root, tiny_phantom, tmp_path, "--channels_last", "true")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("channels_last: true cannot train this network") and "encoder.0.0.conv3.conv" in last, last
