@@ -3,8 +3,10 @@
 The figures themselves come from the commands in docs/performance.md and the other docs; these runs
 only check that those commands have not rotted (a renamed option, a moved function). The scripts
 of benchmarks/gpu_profile.sh are covered by test_gpu_profile_smoke.py, study_cost.py by
-test_study_cost.py. Left out: tensorboard_screenshots.py (needs a Chromium) and
-ood_stats_strong_attack.py (a one-off check with fixed 400-step attacks and no options).
+test_study_cost.py. Left out: tensorboard_screenshots.py (needs a Chromium),
+ood_stats_strong_attack.py (a one-off check with fixed 400-step attacks and no options) and
+attack_bundle_cpu_quick.py (it times the attack bundle's whole cpu-quick evaluation, about 4 min even
+with `--train_steps 2`; that bundle's runs are tested in test_bundle_attack.py).
 """
 
 from __future__ import annotations
