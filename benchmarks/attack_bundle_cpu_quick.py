@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_bench.py
+from _bench import machine  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -89,6 +92,7 @@ def main() -> None:
                       "cpu_s": round(cpu.ru_utime + cpu.ru_stime, 1),
                       "unit_seconds_by_sweep": {k: round(v, 1) for k, v in per_sweep.items()},
                       "output_dir": str(out)}, indent=2))
+    print(machine())
 
 
 if __name__ == "__main__":

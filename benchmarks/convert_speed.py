@@ -9,12 +9,16 @@ SPIDER T2 series), stored as .mha with ITK's LPS direction cosines and a permute
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import itk
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_bench.py
+from _bench import machine  # noqa: E402
 
 
 def build(root: Path, n_series: int, n_slices: int = 15) -> None:
@@ -55,6 +59,7 @@ def main() -> None:
         t2, c2 = time.perf_counter(), time.process_time()
     print(f"built {args.series} series in {t1 - t0:.1f} s; converted in {t2 - t1:.1f} s wall, {c2 - c1:.1f} s CPU "
           f"({(t2 - t1) / args.series:.2f} s/series wall, {(c2 - c1) / args.series:.2f} s/series CPU), exit code {rc}")
+    print(machine())
 
 
 if __name__ == "__main__":

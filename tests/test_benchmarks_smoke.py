@@ -22,7 +22,7 @@ CASES = [
     ("train_step_profile", ["--width", "16", "--batch", "2", "--size", "32", "--steps", "1"], "| channels_last |"),
     ("fast_adversarial_cost", ["--size", "32", "--batch", "2", "--pgd-steps", "2", "--iterations", "2",
                                "--rounds", "1"], "| ima |"),
-    ("convert_speed", ["--series", "1"], "converted in"),
+    ("convert_speed", ["--series", "1"], "machine: "),
     ("phantom_speed", ["--subjects", "2", "--workers", "1", "--shape", "256", "256", "--spacing", "1.2",
                        "--in-memory", "1"], "write_phantom_dataset: 2 subjects"),
     ("adversarial_training_effect", ["--subjects", "6", "--patch-size", "32", "--spacing-mm", "2.0", "--batch", "4",
