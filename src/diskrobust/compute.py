@@ -59,7 +59,8 @@ def check_chunks(value, where: str):
 # "reduce to unit stride" workspace that it overruns when the tensors are channels_last (NHWC): wrong
 # weight gradients, a hang, or heap corruption (uxlfoundation/oneDNN issue 6035, open). Seen here with
 # torch 2.13 as a segfault or "double free" in the backward pass of DiskShapeNet(width=8) in channels_last
-# at 56 px and more. Input gradients (what the attacks compute) are not affected, nor is cuDNN.
+# at 64 and 128 px (Conv2d(8, 16, 1, stride=2) alone: from 56 px). Input gradients (what the attacks
+# compute) are not affected, nor is cuDNN.
 _ONEDNN_NHWC_SAFE_CHANNELS = 16
 
 
