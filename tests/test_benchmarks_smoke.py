@@ -3,8 +3,7 @@
 The figures themselves come from the commands in docs/performance.md and the other docs; these runs
 only check that those commands have not rotted (a renamed option, a moved function). The scripts
 of benchmarks/gpu_profile.sh are covered by test_gpu_profile_smoke.py, study_cost.py by
-test_study_cost.py. Left out: tensorboard_screenshots.py (needs a Chromium),
-ood_stats_strong_attack.py (a one-off check with fixed 400-step attacks and no options) and
+test_study_cost.py. Left out: tensorboard_screenshots.py (needs a Chromium) and
 attack_bundle_cpu_quick.py (it times the attack bundle's whole cpu-quick evaluation, about 4 min even
 with `--train_steps 2`; that bundle's runs are tested in test_bundle_attack.py).
 """
@@ -55,7 +54,7 @@ def test_phantom_gallery_draws_its_figures(repo_root, tmp_path):
 
 
 def test_ood_detector_benchmarks_run_shrunk(repo_root, tmp_path):
-    # the adaptive benchmark trains and saves the network the budget benchmark attacks
+    # the adaptive benchmark trains and saves the network the budget benchmark and the strong-attack check attack
     data, ckpt = tmp_path / "phantom", tmp_path / "net.pt"
     out = _run(repo_root, "ood_detector_adaptive", [
         "--subjects", "6", "--patch-size", "32", "--spacing-mm", "2.0", "--batch", "4", "--train-iters", "3",
@@ -67,3 +66,8 @@ def test_ood_detector_benchmarks_run_shrunk(repo_root, tmp_path):
         "--n-targets", "1", "--steps", "2", "--iterations", "1", "--weights", "1", "--oe-iters", "2",
         "--fixed-rms", "0.1", "--out", str(tmp_path / "budget")])
     assert "| ensemble |" in out and (tmp_path / "budget_seed0.png").is_file()
+    # the budget benchmark wrote the calibration phantom <data>_calib the strong-attack check reads
+    out = _run(repo_root, "ood_stats_strong_attack", [
+        str(data), str(ckpt), "--patch-size", "32", "--spacing-mm", "2.0", "--fit-augmented", "4", "--n-targets", "1",
+        "--steps", "2", "--lrs", "0.01", "--weights", "1"])
+    assert "start scores" in out and "2 0.01 (1.0,) [(" in out
